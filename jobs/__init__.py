@@ -1,0 +1,1 @@
+"""PyFlink job entry points and graph builders: ``build(env, source, sinks, cfg)``."""

@@ -1,0 +1,1 @@
+"""Operations library behind scripts/*: local Kafka, Flink cluster, provider simulator."""

@@ -1,0 +1,298 @@
+"""A standalone Flink session cluster from the pip-installed distribution (``pyflink/bin``).
+
+Usage (``scripts/cluster``)::
+
+    scripts/cluster start [--rest-port 8081] [--slots 8]   # JobManager + one TaskManager
+    scripts/cluster status
+    scripts/cluster stop                                   # stops only the daemons it started
+
+The cluster runs with the project's ``conf/flink/config.yaml``, rendered into a runtime
+folder with absolute paths (virtualenv python, checkpoint/savepoint dirs, logs, pid files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ops.paths import CONF_DIR, ROOT, RUN_DIR, venv_python
+from ops.proc import StackError, free_port, read_pid, require_free_port, stop_pid, tail, wait_for
+
+DAEMONS = {"jobmanager": "standalonesession", "taskmanager": "taskexecutor"}
+MARKER = "org.apache.flink.runtime"
+
+
+def flink_home() -> Path:
+    """Return the Flink distribution inside the installed pyflink package."""
+    import pyflink
+
+    return Path(pyflink.__file__).resolve().parent
+
+
+def _require_java() -> None:
+    if shutil.which("java") is None:
+        raise StackError("Java 17 is required but `java` is not on PATH; install OpenJDK 17.")
+
+
+@dataclass
+class LocalFlinkCluster:
+    """One JobManager and one TaskManager whose conf, logs and pids live in ``home``."""
+
+    home: Path
+    rest_port: int = 8081
+    rpc_port: int = 0
+    slots: int = 8
+    start_timeout_s: float = 90.0
+    extra: dict[str, Any] | None = None
+
+    @property
+    def conf_dir(self) -> Path:
+        """Return the rendered FLINK_CONF_DIR."""
+        return self.home / "conf"
+
+    @property
+    def log_dir(self) -> Path:
+        """Return FLINK_LOG_DIR."""
+        return self.home / "log"
+
+    @property
+    def rest_url(self) -> str:
+        """Return the REST API / Web UI base URL."""
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def env(self) -> dict[str, str]:
+        """Return the environment for Flink's scripts and the ``flink`` CLI."""
+        env = dict(os.environ)
+        env["FLINK_CONF_DIR"] = str(self.conf_dir)
+        env["FLINK_LOG_DIR"] = str(self.log_dir)
+        env["PATH"] = f"{venv_python().parent}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+    def config(self) -> dict[str, Any]:
+        """Return the effective cluster configuration (project file plus filled-in values)."""
+        conf: dict[str, Any] = yaml.safe_load((CONF_DIR / "flink" / "config.yaml").read_text())
+        python = str(venv_python())
+        conf.update(
+            {
+                "rest.port": self.rest_port,
+                "jobmanager.rpc.port": self.rpc_port,
+                "taskmanager.numberOfTaskSlots": self.slots,
+                "execution.checkpointing.dir": (self.home / "checkpoints").as_uri(),
+                "execution.checkpointing.savepoint-dir": (self.home / "savepoints").as_uri(),
+                "python.executable": python,
+                "python.client.executable": python,
+                # thread mode (embedded CPython) must see the venv's site-packages + project
+                "python.pythonpath": f"{_site_packages()}:{ROOT}",
+                "env.pid.dir": str(self.home / "run"),
+                "env.log.dir": str(self.log_dir),
+            }
+        )
+        # The project's packages, for workers that do not use the editable install.
+        conf["env.java.opts.all"] = _java_opts(flink_home())
+        conf.update(self.extra or {})
+        return conf
+
+    def _render(self) -> None:
+        if self.rpc_port == 0:
+            self.rpc_port = 6123 if not _taken(6123) else free_port()
+        for sub in ("conf", "log", "run", "checkpoints", "savepoints"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        dist_conf = flink_home() / "conf"
+        for name in (
+            "log4j.properties",
+            "log4j-console.properties",
+            "log4j-cli.properties",
+            "log4j-session.properties",
+            "logback.xml",
+        ):
+            if (dist_conf / name).exists():
+                shutil.copy(dist_conf / name, self.conf_dir / name)
+        (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(self.config(), sort_keys=True))
+        (self.conf_dir / "masters").write_text(f"127.0.0.1:{self.rest_port}\n")
+        (self.conf_dir / "workers").write_text("127.0.0.1\n")
+
+    def pids(self) -> dict[str, int]:
+        """Return the pids of our running daemons, by role."""
+        found = {}
+        for role, daemon in DAEMONS.items():
+            for pid_file in (self.home / "run").glob(f"flink-*-{daemon}.pid"):
+                pid = read_pid(pid_file)
+                if pid is not None:
+                    found[role] = pid
+        return found
+
+    def start(self) -> LocalFlinkCluster:
+        """Start JobManager and TaskManager and wait until the REST API lists a TaskManager."""
+        _require_java()
+        if self.pids():
+            saved = self.home / "rest-port"
+            if saved.exists():
+                self.rest_port = int(saved.read_text())
+            self.wait_ready()
+            return self
+        require_free_port(self.rest_port, "the Flink REST API / UI")
+        self._render()
+        (self.home / "rest-port").write_text(str(self.rest_port))
+        bin_dir = flink_home() / "bin"
+        for script in ("jobmanager.sh", "taskmanager.sh"):
+            result = subprocess.run(
+                ["bash", str(bin_dir / script), "start"],
+                env=self.env(),
+                capture_output=True,
+                text=True,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+            if result.returncode != 0:
+                self.stop()
+                raise StackError(f"{script} start failed: {(result.stderr or result.stdout).strip()}")
+        try:
+            self.wait_ready()
+        except StackError:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self) -> None:
+        """Wait until the REST API reports at least one registered TaskManager."""
+
+        def alive() -> bool:
+            return len(self.pids()) == len(DAEMONS)
+
+        wait_for(
+            lambda: len(self.rest("/taskmanagers").get("taskmanagers", [])) > 0,
+            self.start_timeout_s,
+            f"The Flink cluster on {self.rest_url}",
+            interval_s=0.5,
+            alive=alive,
+            log_hint=lambda: f" Last JobManager log lines:\n{tail(self._log('standalonesession'))}",
+        )
+
+    def _log(self, daemon: str) -> Path:
+        logs = sorted(self.log_dir.glob(f"flink-*-{daemon}-*.log"))
+        return logs[-1] if logs else self.log_dir / "missing.log"
+
+    def rest(self, path: str, method: str = "GET", body: dict[str, Any] | None = None) -> Any:
+        """Call the REST API and return the decoded JSON."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.rest_url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read() or b"{}")
+
+    def stop(self) -> bool:
+        """Stop the daemons started from ``home`` (pid files), and only those."""
+        stopped = False
+        for pid in self.pids().values():
+            stopped |= stop_pid(pid, MARKER, timeout_s=30)
+        for pid_file in (self.home / "run").glob("flink-*.pid"):
+            pid_file.unlink(missing_ok=True)
+        return stopped
+
+    def flink_cmd(self, *args: str) -> list[str]:
+        """Return a ``flink`` CLI command line bound to this cluster."""
+        return ["bash", str(flink_home() / "bin" / "flink"), *args]
+
+    def run(self, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run the ``flink`` CLI against this cluster and return the completed process."""
+        return subprocess.run(
+            self.flink_cmd(*args),
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def _site_packages() -> str:
+    out = subprocess.run(
+        [str(venv_python()), "-c", "import site; print(site.getsitepackages()[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def _taken(port: int) -> bool:
+    from ops.proc import port_in_use
+
+    return port_in_use(port)
+
+
+def _java_opts(home: Path) -> str:
+    conf = yaml.safe_load((home / "conf" / "config.yaml").read_text())
+    opts = conf.get("env", {}).get("java", {}).get("opts", {}).get("all", "")
+    return str(opts)
+
+
+def default_home() -> Path:
+    """Return the runtime folder of the cluster that ``scripts/cluster`` manages."""
+    return RUN_DIR / "flink"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``scripts/cluster`` command line."""
+    parser = argparse.ArgumentParser(prog="scripts/cluster", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    start = sub.add_parser("start", help="start JobManager + TaskManager (idempotent)")
+    start.add_argument("--rest-port", type=int, default=None, help="REST/UI port (default 8081)")
+    start.add_argument("--slots", type=int, default=8)
+    sub.add_parser("stop", help="stop the daemons this script started")
+    sub.add_parser("status", help="say whether the cluster runs, with its TaskManagers and jobs")
+    args = parser.parse_args(argv)
+    home = default_home()
+    saved = home / "rest-port"
+    port = getattr(args, "rest_port", None) or (
+        int(saved.read_text()) if saved.exists() else int(os.environ.get("NOTIFY_FLINK_REST_PORT", "8081"))
+    )
+    cluster = LocalFlinkCluster(home=home, rest_port=port, slots=getattr(args, "slots", 8))
+    try:
+        if args.cmd == "start":
+            was = bool(cluster.pids())
+            cluster.start()
+            state = "already running" if was else "started"
+            print(f"flink cluster {state}: UI and REST on {cluster.rest_url} (logs in {cluster.log_dir})")
+        elif args.cmd == "stop":
+            print(
+                "flink cluster stopped"
+                if cluster.stop()
+                else "flink cluster was not running (nothing of ours to stop)"
+            )
+        elif args.cmd == "status":
+            pids = cluster.pids()
+            if not pids:
+                print("flink cluster: not running")
+                return 3
+            overview = cluster.rest("/overview")
+            print(
+                f"flink cluster: running on {cluster.rest_url}, pids {pids}, "
+                f"taskmanagers={overview.get('taskmanagers')}, slots={overview.get('slots-total')} "
+                f"(free {overview.get('slots-available')}), "
+                f"jobs running={overview.get('jobs-running')}"
+            )
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

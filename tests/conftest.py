@@ -1,0 +1,59 @@
+"""Shared fixtures: a session Kafka broker, fresh topics, an opt-in standalone Flink cluster.
+
+Every process a fixture starts is stopped at session end, also after failures and on
+SIGTERM (the handler turns it into KeyboardInterrupt so finalizers run).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+
+import pytest
+from ops.cluster import LocalFlinkCluster
+from ops.kafka import LocalKafka
+from ops.proc import free_port
+
+from tests.kafka_io import fresh_name
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    signal.signal(signal.SIGTERM, _sigterm)
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """A real single-node KRaft broker on a free loopback port, shared by the session."""
+    broker = LocalKafka(home=tmp_path_factory.mktemp("kafka"), port=free_port())
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic(kafka: LocalKafka) -> Callable[..., str]:
+    """Return a factory of fresh, created topic names: ``topic("events", partitions=2)``."""
+
+    def make(label: str, partitions: int = 2) -> str:
+        name = fresh_name(label)
+        kafka.create_topics([name], partitions=partitions)
+        return name
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def flink_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFlinkCluster]:
+    """Opt-in: a real standalone Flink session cluster (JobManager + TaskManager) on free ports."""
+    cluster = LocalFlinkCluster(home=tmp_path_factory.mktemp("flink"), rest_port=free_port(), slots=8)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

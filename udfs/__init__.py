@@ -1,0 +1,1 @@
+"""Pure pipeline logic (no Flink imports) plus the thin PyFlink wrappers that call it."""

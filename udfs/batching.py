@@ -1,0 +1,265 @@
+"""Window batching per (region, channel): turn a window's delivery items into batches.
+
+Each delivery item is one (event, channel) pair. :func:`make_batches` sorts a window's
+items by ``(occurred_at_ms, event_id)``, drops repeated event ids, optionally folds all
+items for the same user and address into one *digest* message, and splits the messages
+into batches of at most ``max_batch_size``. Everything is deterministic, so batch ids
+(``{region}:{channel}:{window_start_ms}:{n}``) and message idempotency keys are stable
+across replays and usable as provider idempotency keys:
+
+* single message: ``{event_id}:{channel}`` (:func:`idempotency_key`);
+* digest message: ``digest:{channel}:{blake2b-64 of the sorted event ids}``, so a window
+  fired again with the same items yields the same key, and with different items a new one.
+
+Record on ``notifications.<channel>`` (:func:`batch_to_json`)::
+
+    {"batch_id": "eu-west:email:1795885200000:0", "region": "eu-west", "channel": "email",
+     "window_start_ms": 1795885200000, "window_end_ms": 1795885201000, "size": 2,
+     "messages": [{"idempotency_key": "e-1:email", "user_id": "u-1", "address": "...",
+                   "event_ids": ["e-1"], "payloads": [{...}], "occurred_at_ms": ...,
+                   "traceparent": "00-..."}]}
+
+``address`` is PII: it is excluded from ``repr`` and from :func:`batch_log_fields`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from udfs.events import Event, Rejection
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryItem:
+    """One (event, channel) delivery before batching; ``address`` is PII."""
+
+    event_id: str
+    channel: str
+    region: str
+    user_id: str
+    address: str | None = field(repr=False)
+    payload: dict[str, Any] = field(hash=False)
+    occurred_at_ms: int
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One provider call: a single item, or a digest of several items to one user."""
+
+    idempotency_key: str
+    user_id: str
+    address: str | None = field(repr=False)
+    event_ids: tuple[str, ...]
+    payloads: tuple[dict[str, Any], ...] = field(hash=False)
+    occurred_at_ms: int
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Messages of one (region, channel, window), at most ``max_batch_size`` of them."""
+
+    batch_id: str
+    region: str
+    channel: str
+    window_start_ms: int
+    window_end_ms: int
+    items: tuple[Message, ...]
+
+    @property
+    def event_ids(self) -> tuple[str, ...]:
+        """Return every event id the batch covers, in message order."""
+        return tuple(eid for m in self.items for eid in m.event_ids)
+
+
+def idempotency_key(event_id: str, channel: str) -> str:
+    """Return the provider idempotency key of one (event, channel) delivery."""
+    return f"{event_id}:{channel}"
+
+
+def digest_key(channel: str, event_ids: tuple[str, ...]) -> str:
+    """Return the deterministic idempotency key of a digest covering ``event_ids``."""
+    h = hashlib.blake2b("\n".join(sorted(event_ids)).encode("utf-8"), digest_size=8)
+    return f"digest:{channel}:{h.hexdigest()}"
+
+
+def render_payload(event: Event) -> dict[str, Any]:
+    """Return the channel-neutral rendered payload of an event (no recipient addresses)."""
+    return {"type": event.type, "priority": event.priority, "data": event.payload}
+
+
+def item_for(event: Event, channel: str, address: str | None) -> DeliveryItem:
+    """Build the delivery item of an event on one channel (see ``routing.address_for``)."""
+    return DeliveryItem(
+        event.event_id,
+        channel,
+        event.region,
+        event.user_id,
+        address,
+        render_payload(event),
+        event.occurred_at_ms,
+        event.traceparent,
+    )
+
+
+def _sort_key(item: DeliveryItem) -> tuple[int, str]:
+    return item.occurred_at_ms, item.event_id
+
+
+def make_batches(
+    items: list[DeliveryItem] | tuple[DeliveryItem, ...],
+    region: str,
+    channel: str,
+    window_start_ms: int,
+    window_end_ms: int,
+    max_batch_size: int,
+    digest: bool,
+) -> list[Batch]:
+    """Sort, deduplicate, optionally digest per user, and split a window's items into batches.
+
+    Raises ValueError for a wiring error (an item of another region/channel, or
+    ``max_batch_size < 1``); the window key guarantees neither happens in a correct job.
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    ordered = sorted(items, key=_sort_key)
+    unique: list[DeliveryItem] = []
+    seen: set[str] = set()
+    for it in ordered:
+        if it.region != region or it.channel != channel:
+            raise ValueError(f"item {it.event_id} is for {it.region}/{it.channel}, not {region}/{channel}")
+        if it.event_id not in seen:
+            seen.add(it.event_id)
+            unique.append(it)
+
+    messages: list[Message]
+    if digest:
+        groups: dict[tuple[str, str | None], list[DeliveryItem]] = {}
+        for it in unique:
+            groups.setdefault((it.user_id, it.address), []).append(it)
+        messages = []
+        for (user_id, address), group in groups.items():  # first-occurrence order
+            if len(group) == 1:
+                it = group[0]
+                messages.append(
+                    Message(
+                        idempotency_key(it.event_id, channel),
+                        user_id,
+                        address,
+                        (it.event_id,),
+                        (it.payload,),
+                        it.occurred_at_ms,
+                        it.traceparent,
+                    )
+                )
+            else:
+                ids = tuple(i.event_id for i in group)
+                messages.append(
+                    Message(
+                        digest_key(channel, ids),
+                        user_id,
+                        address,
+                        ids,
+                        tuple(i.payload for i in group),
+                        group[0].occurred_at_ms,
+                        group[0].traceparent,
+                    )
+                )
+    else:
+        messages = [
+            Message(
+                idempotency_key(it.event_id, channel),
+                it.user_id,
+                it.address,
+                (it.event_id,),
+                (it.payload,),
+                it.occurred_at_ms,
+                it.traceparent,
+            )
+            for it in unique
+        ]
+
+    prefix = f"{region}:{channel}:{window_start_ms}:"
+    return [
+        Batch(
+            f"{prefix}{n}",
+            region,
+            channel,
+            window_start_ms,
+            window_end_ms,
+            tuple(messages[start : start + max_batch_size]),
+        )
+        for n, start in enumerate(range(0, len(messages), max_batch_size))
+    ]
+
+
+def batch_to_json(batch: Batch) -> bytes:
+    """Serialise a batch for ``notifications.<channel>`` (contains addresses: PII)."""
+    return orjson.dumps(
+        {
+            "batch_id": batch.batch_id,
+            "region": batch.region,
+            "channel": batch.channel,
+            "window_start_ms": batch.window_start_ms,
+            "window_end_ms": batch.window_end_ms,
+            "size": len(batch.items),
+            "messages": [
+                {
+                    "idempotency_key": m.idempotency_key,
+                    "user_id": m.user_id,
+                    "address": m.address,
+                    "event_ids": list(m.event_ids),
+                    "payloads": list(m.payloads),
+                    "occurred_at_ms": m.occurred_at_ms,
+                    "traceparent": m.traceparent,
+                }
+                for m in batch.items
+            ],
+        }
+    )
+
+
+def batch_from_json(raw: bytes) -> Batch | Rejection:
+    """Parse a record written by :func:`batch_to_json`; a Rejection if it is not one."""
+    try:
+        o = orjson.loads(raw)
+        messages = tuple(
+            Message(
+                m["idempotency_key"],
+                m["user_id"],
+                m.get("address"),
+                tuple(m["event_ids"]),
+                tuple(m["payloads"]),
+                int(m["occurred_at_ms"]),
+                m.get("traceparent"),
+            )
+            for m in o["messages"]
+        )
+        return Batch(
+            o["batch_id"],
+            o["region"],
+            o["channel"],
+            int(o["window_start_ms"]),
+            int(o["window_end_ms"]),
+            messages,
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        return Rejection("bad_batch", f"not a batch record ({type(exc).__name__})", "deliver")
+
+
+def batch_log_fields(batch: Batch) -> dict[str, Any]:
+    """Return the loggable fields of a batch: ids and sizes, never addresses or payloads."""
+    return {
+        "batch_id": batch.batch_id,
+        "region": batch.region,
+        "channel": batch.channel,
+        "window_start_ms": batch.window_start_ms,
+        "window_end_ms": batch.window_end_ms,
+        "messages": len(batch.items),
+        "event_ids": list(batch.event_ids),
+    }
