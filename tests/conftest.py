@@ -10,11 +10,11 @@ import signal
 from collections.abc import Callable, Iterator
 
 import pytest
+
 from ops.cluster import LocalFlinkCluster
 from ops.kafka import LocalKafka
+from ops.kafka_io import fresh_name
 from ops.proc import free_port
-
-from tests.kafka_io import fresh_name
 
 
 def _sigterm(signum: int, frame: object) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from ops.paths import ROOT
 
-from tests.kafka_io import consume_all, produce
+from ops.kafka_io import consume_all, produce
+from ops.paths import ROOT
 
 pytestmark = pytest.mark.e2e
 

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from ops.cluster import LocalFlinkCluster
 from ops.kafka import LocalKafka
 from ops.paths import ROOT

@@ -14,7 +14,7 @@ import pytest
 from jobs.config import load_config
 from jobs.flink_env import kafka_sink, kafka_source, make_env, source_watermarks
 from jobs.roundtrip import build, user_of
-from tests.kafka_io import consume_all, produce
+from ops.kafka_io import consume_all, produce
 
 pytestmark = pytest.mark.pipeline
 

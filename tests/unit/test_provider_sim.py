@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from ops.provider_sim import (
     PortInUseError,
     ProviderClient,
@@ -19,7 +20,6 @@ from ops.provider_sim import (
     ProviderSimError,
     load_config,
 )
-
 from udfs.delivery_policy import ErrorClass, RetryPolicy, classify
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Test helpers for real Kafka: fresh topics, producing, and reading with read_committed."""
+"""Kafka client helpers (kafka-python) for tests, demo and benchmarks: produce, read committed."""
 
 from __future__ import annotations
 
