@@ -73,6 +73,38 @@ class JobConfig:
     min_pause_between_checkpoints_ms: int = 500
     restart_attempts: int = 3
     restart_delay_ms: int = 1000
+    # window batches are keyed by (region, bucket): buckets spread one region over subtasks
+    buckets: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    """Validation, event time, dedup, batching and fan-in settings."""
+
+    max_event_bytes: int = 65_536
+    regions: tuple[str, ...] = ("eu-west", "us-east", "ap-south")
+    max_out_of_orderness_ms: int = 2_000
+    idle_timeout_ms: int = 5_000
+    dedup_ttl_ms: int = 3_600_000
+    window_ms: int = 1_000
+    max_batch_size: int = 500
+    digest_channels: tuple[str, ...] = ()
+    fanin_timeout_ms: int = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """Where the routing decision table comes from."""
+
+    rules_file: str = str(ROOT / "conf" / "routing.yaml")
+
+
+@dataclass(frozen=True, slots=True)
+class BranchConfig:
+    """Per-channel branch shape: parallelism (0 = job parallelism) and slot sharing group."""
+
+    parallelism: int = 0
+    slot_sharing_group: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +114,22 @@ class PipelineConfig:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     job: JobConfig = field(default_factory=JobConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    branches: tuple[tuple[str, BranchConfig], ...] = ()
+
+    def branch(self, channel: str) -> BranchConfig:
+        """Return the branch settings of ``channel`` (defaults when not configured)."""
+        return dict(self.branches).get(channel, BranchConfig())
 
 
-_SECTIONS: dict[str, type] = {"kafka": KafkaConfig, "topics": TopicsConfig, "job": JobConfig}
+_SECTIONS: dict[str, type] = {
+    "kafka": KafkaConfig,
+    "topics": TopicsConfig,
+    "job": JobConfig,
+    "events": EventsConfig,
+    "routing": RoutingConfig,
+}
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("kafka", "starting_offsets"): ("earliest", "latest", "committed"),
     ("job", "mode"): ("fanout", "linear"),
@@ -94,11 +139,13 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 
 def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:
     parts = dotted.strip().split(".")
-    if len(parts) != 2 or not all(parts):
+    if not (2 <= len(parts) <= 3) or not all(parts) or (len(parts) == 3 and parts[0] != "branches"):
         raise ConfigError(f"override {dotted!r} must look like section.key=value")
-    section, key = parts
     value = yaml.safe_load(raw) if raw != "" else ""
-    tree.setdefault(section, {})[key] = value
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
 
 
 def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
@@ -115,13 +162,38 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
         raise ConfigError(f"{section}.{key} must be an integer, not {value!r}")
     if isinstance(default, str):
         return "" if value is None else str(value)
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{section}.{key} must be a list of strings, not {value!r}")
+        return tuple(value)
     return value
+
+
+def _branches(value: Any) -> tuple[tuple[str, BranchConfig], ...]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("config section 'branches' must map channel -> settings")
+    out = []
+    for channel, settings in value.items():
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"branches.{channel} must be a mapping")
+        kwargs = {}
+        for key, item in settings.items():
+            if key not in ("parallelism", "slot_sharing_group"):
+                raise ConfigError(f"unknown config key branches.{channel}.{key}")
+            kwargs[key] = _coerce("branches", key, item, getattr(BranchConfig(), key))
+        out.append((str(channel), BranchConfig(**kwargs)))
+    return tuple(sorted(out))
 
 
 def from_mapping(tree: Mapping[str, Any]) -> PipelineConfig:
     """Build a validated :class:`PipelineConfig` from a nested mapping."""
     sections: dict[str, Any] = {}
     for name, value in tree.items():
+        if name == "branches":
+            sections[name] = _branches(value or {})
+            continue
         cls = _SECTIONS.get(name)
         if cls is None:
             raise ConfigError(f"unknown config section {name!r} (known: {', '.join(_SECTIONS)})")

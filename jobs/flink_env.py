@@ -49,6 +49,9 @@ def make_env(cfg: PipelineConfig) -> StreamExecutionEnvironment:
     # virtualenv's site-packages and fails with "No module named 'pemja'".
     conf.set_string("python.pythonpath", python_path())
     conf.set_string("pipeline.name", cfg.job.name)
+    # Local MiniCluster only (a cluster's own config wins): enough slots for one slot
+    # sharing group per channel branch next to the default group.
+    conf.set_string("taskmanager.numberOfTaskSlots", "16")
     conf.set_string("restart-strategy.type", "fixed-delay")
     conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.job.restart_attempts))
     conf.set_string("restart-strategy.fixed-delay.delay", f"{cfg.job.restart_delay_ms} ms")

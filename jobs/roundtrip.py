@@ -91,4 +91,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module's main, so operators pickle by reference to jobs.roundtrip
+    # (classes defined in __main__ would be pickled by value, module globals and all).
+    from jobs.roundtrip import main as _main
+
+    _main()

@@ -119,11 +119,14 @@ def make_batches(
     window_end_ms: int,
     max_batch_size: int,
     digest: bool,
+    batch_prefix: str | None = None,
 ) -> list[Batch]:
     """Sort, deduplicate, optionally digest per user, and split a window's items into batches.
 
     Raises ValueError for a wiring error (an item of another region/channel, or
     ``max_batch_size < 1``); the window key guarantees neither happens in a correct job.
+    ``batch_prefix`` (default: the region) starts the batch ids; it must identify the
+    window's key (e.g. region and bucket) so that ids are unique and stable across replays.
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -184,7 +187,7 @@ def make_batches(
             for it in unique
         ]
 
-    prefix = f"{region}:{channel}:{window_start_ms}:"
+    prefix = f"{batch_prefix or region}:{channel}:{window_start_ms}:"
     return [
         Batch(
             f"{prefix}{n}",

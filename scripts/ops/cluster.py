@@ -5,6 +5,8 @@ Usage (``scripts/cluster``)::
     scripts/cluster start [--rest-port 8081] [--slots 8]   # JobManager + one TaskManager
     scripts/cluster status
     scripts/cluster stop                                   # stops only the daemons it started
+    scripts/cluster render --conf-dir DIR [--rpc-host jobmanager] [--bind-host 0.0.0.0]
+                                                           # only write a conf dir (containers)
 
 The cluster runs with the project's ``conf/flink/config.yaml``, rendered into a runtime
 folder with absolute paths (virtualenv python, checkpoint/savepoint dirs, logs, pid files).
@@ -248,6 +250,110 @@ def default_home() -> Path:
     return RUN_DIR / "flink"
 
 
+_RENDER_LOG_CONFS = (
+    "log4j.properties",
+    "log4j-console.properties",
+    "log4j-cli.properties",
+    "log4j-session.properties",
+    "logback.xml",
+    "logback-console.xml",
+)
+
+
+def render_conf(
+    conf_dir: Path,
+    *,
+    rpc_host: str = "127.0.0.1",
+    bind_host: str = "127.0.0.1",
+    rest_port: int = 8081,
+    rpc_port: int = 6123,
+    slots: int = 8,
+    state_dir: Path | None = None,
+    taskmanager_host: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete FLINK_CONF_DIR into ``conf_dir`` without starting anything.
+
+    For daemons started by someone else, e.g. containers running ``jobmanager.sh
+    start-foreground`` (conf/docker/entrypoint.sh). The values are those of
+    :meth:`LocalFlinkCluster.config` (same project file, same venv python), with the
+    addresses replaced: JobManager RPC and REST at ``rpc_host``, every listener bound to
+    ``bind_host``. ``taskmanager_host=None`` drops ``taskmanager.host`` so a TaskManager
+    advertises the address it reaches the JobManager from. Checkpoints and savepoints go to
+    ``state_dir`` (default: ``conf_dir``'s parent); logs and pid files next to ``conf_dir``
+    (``../log``, ``../run``). Returns the written ``config.yaml``.
+    """
+    conf_dir = conf_dir.resolve()
+    home = conf_dir.parent
+    state = (state_dir or home).resolve()
+    log_dir, pid_dir = home / "log", home / "run"
+    for folder in (conf_dir, log_dir, pid_dir, state / "checkpoints", state / "savepoints"):
+        folder.mkdir(parents=True, exist_ok=True)
+    addresses: dict[str, Any] = {
+        "jobmanager.rpc.address": rpc_host,
+        "jobmanager.bind-host": bind_host,
+        "taskmanager.bind-host": bind_host,
+        "rest.address": rpc_host,
+        "rest.bind-address": bind_host,
+        "execution.checkpointing.dir": (state / "checkpoints").as_uri(),
+        "execution.checkpointing.savepoint-dir": (state / "savepoints").as_uri(),
+        "env.pid.dir": str(pid_dir),
+        "env.log.dir": str(log_dir),
+    }
+    if taskmanager_host:
+        addresses["taskmanager.host"] = taskmanager_host
+    spec = LocalFlinkCluster(
+        home=home,
+        rest_port=rest_port,
+        rpc_port=rpc_port,
+        slots=slots,
+        extra={**addresses, **(overrides or {})},
+    )
+    conf = spec.config()
+    if not taskmanager_host:
+        conf.pop("taskmanager.host", None)
+    dist_conf = flink_home() / "conf"
+    for name in _RENDER_LOG_CONFS:
+        if (dist_conf / name).exists():
+            shutil.copy(dist_conf / name, conf_dir / name)
+    path = conf_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(conf, sort_keys=True))
+    (conf_dir / "masters").write_text(f"{rpc_host}:{rest_port}\n")
+    (conf_dir / "workers").write_text(f"{taskmanager_host or rpc_host}\n")
+    return path
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``KEY=VALUE`` strings into Flink options (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise StackError(f"--set {pair!r} must look like KEY=VALUE, e.g. taskmanager.numberOfTaskSlots=4")
+        out[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def _render_main(args: argparse.Namespace) -> int:
+    try:
+        path = render_conf(
+            Path(args.conf_dir),
+            rpc_host=args.rpc_host,
+            bind_host=args.bind_host,
+            rest_port=args.rest_port,
+            rpc_port=args.rpc_port,
+            slots=args.slots,
+            state_dir=Path(args.state_dir) if args.state_dir else None,
+            taskmanager_host=args.taskmanager_host,
+            overrides=_parse_sets(args.set),
+        )
+    except (StackError, OSError, yaml.YAMLError) as exc:
+        print(f"error: cannot render the Flink configuration into {args.conf_dir}: {exc}", file=sys.stderr)
+        return 1
+    print(f"flink conf rendered: {path} (jobmanager {args.rpc_host}:{args.rpc_port}, bind {args.bind_host})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``scripts/cluster`` command line."""
     parser = argparse.ArgumentParser(prog="scripts/cluster", description=__doc__.split("\n")[0])
@@ -257,7 +363,28 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--slots", type=int, default=8)
     sub.add_parser("stop", help="stop the daemons this script started")
     sub.add_parser("status", help="say whether the cluster runs, with its TaskManagers and jobs")
+    render = sub.add_parser(
+        "render",
+        help="only write a FLINK_CONF_DIR (for daemons run in the foreground, e.g. in containers)",
+    )
+    render.add_argument("--conf-dir", required=True, help="folder to write config.yaml & co. into")
+    render.add_argument("--rpc-host", default="127.0.0.1", help="JobManager address (RPC and REST)")
+    render.add_argument("--bind-host", default="127.0.0.1", help="address all daemons listen on")
+    render.add_argument("--rest-port", type=int, default=8081)
+    render.add_argument("--rpc-port", type=int, default=6123)
+    render.add_argument("--slots", type=int, default=8)
+    render.add_argument(
+        "--state-dir", default=None, help="checkpoints/ and savepoints/ go here (default: conf dir's parent)"
+    )
+    render.add_argument(
+        "--taskmanager-host",
+        default=None,
+        help="address a TaskManager advertises (default: unset, Flink picks the one reaching the JobManager)",
+    )
+    render.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any Flink option")
     args = parser.parse_args(argv)
+    if args.cmd == "render":
+        return _render_main(args)
     home = default_home()
     saved = home / "rest-port"
     port = getattr(args, "rest_port", None) or (

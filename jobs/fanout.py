@@ -1,0 +1,587 @@
+"""The notification fan-out job (fanout and linear modes).
+
+Dataflow (fanout), with operator names as they appear in the Flink UI::
+
+    source: events (Kafka, raw bytes + topic/partition/offset | embedded generator)
+      │  JVM: JSON_VALUE(event_id, region, occurred_at) → rowtime, watermarks
+      ▼
+    dedup: event_id                      JVM (SQL keep-first, state TTL)
+      ▼
+    batch: region x bucket, tumbling window   JVM (level-1 divergence: hash partition by region)
+      │  late rows (≤ watermark) bypass the window as single-record batches, marked late
+      ▼
+    route: validate + decide + plan      Python, one call per window batch
+      ├── dlq ─────────────────────────────────────────────▶ notifications.dlq
+      ├── channel-email ─▶ deliver-email ─▶ notifications.email   (level-2 divergence:
+      ├── channel-sms   ─▶ deliver-sms   ─▶ notifications.sms      one branch per channel,
+      └── channel-push  ─▶ deliver-push  ─▶ notifications.push     own parallelism + slot group)
+      │ plans                 │ branch results (per batch)
+      ▼                       ▼
+    fan-in: window key (keyed state: per-event branch status, timeout timer)
+      ▼
+    notifications.outcomes        (+ per-batch metrics from each branch → notifications.metrics)
+
+Linear mode runs the same source and dedup, then one Python operator that validates,
+routes and delivers each event's channels one after another and emits its outcome.
+
+Why the JVM does the per-event keyed work: see docs/architecture.md ("Where each step runs").
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import logging
+import pickle
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `flink run -py jobs/fanout.py`: make `jobs` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pyflink.common import Row, Types
+from pyflink.datastream import (
+    DataStream,
+    KeyedProcessFunction,
+    OutputTag,
+    ProcessFunction,
+    RuntimeContext,
+    StreamExecutionEnvironment,
+)
+from pyflink.datastream.functions import BroadcastProcessFunction
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+from pyflink.table import DataTypes, Schema, StreamTableEnvironment
+
+from jobs.config import PipelineConfig, load_config
+from jobs.flink_env import kafka_sink, kafka_source, make_env, source_watermarks
+from udfs import stages
+from udfs.events import ValidationLimits
+from udfs.routing import RuleSet, load_ruleset_file, next_ruleset
+
+log = logging.getLogger("notify.fanout")
+ROOT = Path(__file__).resolve().parents[1]
+PICKLED = Types.PICKLED_BYTE_ARRAY()
+DLQ_TAG = OutputTag("dlq", Types.STRING())
+RESULTS_TAG = OutputTag("branch-results", PICKLED)
+METRICS_TAG = OutputTag("metrics", Types.STRING())
+
+
+def channel_tag(channel: str) -> OutputTag:
+    """Return the side output carrying one channel's batches out of the router."""
+    return OutputTag(f"channel-{channel}", PICKLED)
+
+
+# --- JVM front: source table, dedup, window batching -------------------------------------------
+_S = "CAST(`raw` AS STRING)"
+_OCCURRED = f"JSON_VALUE({_S}, '$.occurred_at')"
+# A record without a parsable occurred_at gets the epoch as its time: it must not move the
+# watermark, so it is "late", bypasses the windows and reaches validation (and the DLQ) alone.
+ROWTIME_EXPR = (
+    f"COALESCE(TO_TIMESTAMP(REPLACE(REPLACE(REPLACE({_OCCURRED}, 'T', ' '), 'Z', ''), '+00:00', '')), "
+    "TIMESTAMP '1970-01-01 00:00:00.000')"
+)
+EVENT_ID_EXPR = f"JSON_VALUE({_S}, '$.event_id')"
+REGION_EXPR = f"COALESCE(JSON_VALUE({_S}, '$.region'), '_invalid')"
+
+
+def _interval(ms: int) -> str:
+    """Return a SQL day-time interval literal for ``ms`` milliseconds."""
+    return f"INTERVAL '{ms // 1000}.{ms % 1000:03d}' SECOND"
+
+
+def kafka_events_table(t_env: StreamTableEnvironment, cfg: PipelineConfig) -> None:
+    """Register ``events_in``: the events topic as raw bytes with Kafka coordinates."""
+    bounded = "'scan.bounded.mode' = 'latest-offset'," if cfg.kafka.bounded else ""
+    startup = {
+        "earliest": "'scan.startup.mode' = 'earliest-offset',",
+        "latest": "'scan.startup.mode' = 'latest-offset',",
+        "committed": "'scan.startup.mode' = 'group-offsets', 'properties.auto.offset.reset' = 'earliest',",
+    }[cfg.kafka.starting_offsets]
+    t_env.execute_sql(f"""
+        CREATE TEMPORARY TABLE events_in (
+          `raw` BYTES,
+          `src_topic` STRING METADATA FROM 'topic' VIRTUAL,
+          `src_partition` INT METADATA FROM 'partition' VIRTUAL,
+          `src_offset` BIGINT METADATA FROM 'offset' VIRTUAL,
+          `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+          `event_id` AS {EVENT_ID_EXPR},
+          `region_key` AS {REGION_EXPR},
+          `rowtime` AS {ROWTIME_EXPR},
+          `proc_time` AS PROCTIME(),
+          WATERMARK FOR `rowtime` AS `rowtime` - {_interval(cfg.events.max_out_of_orderness_ms)}
+        ) WITH (
+          'connector' = 'kafka',
+          'topic' = '{cfg.topics.events}',
+          'properties.bootstrap.servers' = '{cfg.kafka.bootstrap}',
+          'properties.group.id' = '{cfg.kafka.group_id}',
+          'properties.isolation.level' = 'read_committed',
+          {startup}
+          {bounded}
+          'format' = 'raw'
+        )""")
+
+
+def embedded_events_table(
+    env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, records: list[bytes], cfg: PipelineConfig
+) -> None:
+    """Register ``events_in`` over in-memory records (embedded mode and tests)."""
+    now_ms = int(time.time() * 1000)
+    rows = [Row(raw, None, 0, i, now_ms) for i, raw in enumerate(records)]
+    ds = env.from_collection(
+        rows,
+        type_info=Types.ROW_NAMED(
+            ["raw", "src_topic", "src_partition", "src_offset", "kafka_ms"],
+            [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.INT(), Types.LONG(), Types.LONG()],
+        ),
+    )
+    schema = (
+        Schema.new_builder()
+        .column("raw", DataTypes.BYTES())
+        .column("src_topic", DataTypes.STRING())
+        .column("src_partition", DataTypes.INT())
+        .column("src_offset", DataTypes.BIGINT())
+        .column("kafka_ms", DataTypes.BIGINT())
+        .column_by_expression("kafka_ts", "TO_TIMESTAMP_LTZ(`kafka_ms`, 3)")
+        .column_by_expression("event_id", EVENT_ID_EXPR)
+        .column_by_expression("region_key", REGION_EXPR)
+        .column_by_expression(
+            "rowtime", ROWTIME_EXPR.replace("`kafka_ts`", "TO_TIMESTAMP_LTZ(`kafka_ms`, 3)")
+        )
+        .column_by_expression("proc_time", "PROCTIME()")
+        .watermark("rowtime", f"`rowtime` - {_interval(cfg.events.max_out_of_orderness_ms)}")
+        .build()
+    )
+    t_env.create_temporary_view("events_in", t_env.from_data_stream(ds, schema))
+
+
+def front_sql(t_env: StreamTableEnvironment, cfg: PipelineConfig) -> None:
+    """Register ``deduped`` (first sighting per event_id) and ``batches`` (window batches)."""
+    buckets = max(1, cfg.job.buckets)
+    t_env.execute_sql("""
+        CREATE TEMPORARY VIEW deduped AS
+        SELECT `raw`, src_topic, src_partition, src_offset, region_key, dedup_key, rowtime FROM (
+          SELECT *, ROW_NUMBER() OVER (PARTITION BY dedup_key ORDER BY proc_time ASC) AS rn FROM (
+            SELECT *, COALESCE(event_id,
+                CONCAT('#', COALESCE(src_topic, ''), ':', CAST(src_partition AS STRING), ':',
+                       CAST(src_offset AS STRING))) AS dedup_key
+            FROM events_in))
+        WHERE rn = 1""")
+    window = cfg.events.window_ms
+    t_env.execute_sql(f"""
+        CREATE TEMPORARY VIEW on_time AS
+        SELECT *, MOD(ABS(HASH_CODE(dedup_key)), {buckets}) AS bucket FROM deduped
+        WHERE CURRENT_WATERMARK(rowtime) IS NULL OR rowtime > CURRENT_WATERMARK(rowtime)""")
+    t_env.execute_sql(f"""
+        CREATE TEMPORARY VIEW batches AS
+        SELECT region_key, bucket, CAST(window_start AS STRING) AS w_start,
+               CAST(window_end AS STRING) AS w_end, FALSE AS late,
+               MAX(src_topic) AS src_topic, ARRAY_AGG(`raw`) AS raws,
+               ARRAY_AGG(src_partition) AS parts, ARRAY_AGG(src_offset) AS offs
+        FROM TABLE(TUMBLE(TABLE on_time, DESCRIPTOR(rowtime), {_interval(window)}))
+        GROUP BY region_key, bucket, window_start, window_end
+        UNION ALL
+        SELECT region_key, -1 AS bucket, CAST(CAST(rowtime AS TIMESTAMP(3)) AS STRING) AS w_start,
+               CAST(CAST(rowtime AS TIMESTAMP(3)) AS STRING) AS w_end, TRUE AS late,
+               src_topic, ARRAY[`raw`] AS raws, ARRAY[src_partition] AS parts, ARRAY[src_offset] AS offs
+        FROM deduped
+        WHERE rowtime <= CURRENT_WATERMARK(rowtime)""")
+
+
+def _epoch_ms(text: str) -> int:
+    """Return epoch ms of a SQL TIMESTAMP(3) rendered as text in UTC ('2026-11-28 17:00:00.123')."""
+    dt = datetime.fromisoformat(text.replace(" ", "T"))
+    return calendar.timegm(dt.timetuple()) * 1000 + dt.microsecond // 1000
+
+
+def _records(row: Any) -> list[stages.SourceRecord]:
+    # Separate scalar arrays on purpose: ARRAY_AGG(ROW(...)) in Flink 2.2.1 returns the same
+    # (reused) row object for every element (see docs/architecture.md).
+    topic = row[5]
+    return [
+        stages.SourceRecord(bytes(raw), topic, p, o) for raw, p, o in zip(row[6], row[7], row[8], strict=True)
+    ]
+
+
+def _window(row: Any) -> stages.Window:
+    region, bucket, start, end, late = row[0], row[1], _epoch_ms(row[2]), _epoch_ms(row[3]), bool(row[4])
+    if late:
+        first = bytes(row[6][0])
+        key = f"late|{region}|{start}|{abs(hash(first))}"
+    else:
+        key = f"{region}|{bucket}|{start}"
+    return stages.Window(key, region, start, end, late)
+
+
+# --- Python operators (thin: load state, call udfs.stages, emit) --------------------------------
+@dataclass(frozen=True)
+class JobSettings:
+    """What the Python operators need, pickled into them at build time."""
+
+    stage: stages.StageConfig
+    rules_path: str
+    channels: tuple[str, ...]
+    fanin_linger_ms: int
+
+
+def _counter(ctx: RuntimeContext, name: str):
+    return ctx.get_metrics_group().add_group("notify").counter(name)
+
+
+class _RouterBase:
+    """Shared router logic: rules, metrics and emitting one routed window batch."""
+
+    settings: JobSettings
+
+    def _open(self, ctx: RuntimeContext) -> None:
+        rules = load_ruleset_file(self.settings.rules_path)
+        if not isinstance(rules, RuleSet):
+            raise ValueError(f"invalid routing table {self.settings.rules_path}: {rules}")
+        self.file_rules = rules
+        self.rules_cache: tuple[str, RuleSet] | None = None
+        self.events_in = _counter(ctx, "events_in")
+        self.dlq_out = _counter(ctx, "dlq")
+        self.batches_in = _counter(ctx, "window_batches")
+        self.routed = {ch: _counter(ctx, f"routed_{ch}") for ch in self.settings.channels}
+
+    def _route(self, row: Any, rules: RuleSet):
+        window = _window(row)
+        records = _records(row)
+        routed = stages.route_batch(records, window, rules, self.settings.stage)
+        self.batches_in.inc()
+        self.events_in.inc(len(records))
+        for raw in routed.dlq:
+            self.dlq_out.inc()
+            yield DLQ_TAG, raw.decode()
+        for decision in routed.decisions:
+            log.debug(stages.decision_log_line(decision))
+        for batch in routed.batches:
+            counter = self.routed.get(batch.channel)
+            if counter is not None:
+                counter.inc(len(batch.event_ids))
+            yield channel_tag(batch.channel), pickle.dumps((window.key, batch))
+        if routed.plans:
+            yield pickle.dumps(("plan", window.key, routed.plans))
+
+
+class Router(ProcessFunction, _RouterBase):
+    """route: validate + decide + plan one window batch (rules from conf/routing.yaml)."""
+
+    def __init__(self, settings: JobSettings) -> None:
+        self.settings = settings
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        """Load the routing table and register metrics."""
+        self._open(runtime_context)
+
+    def process_element(self, value, ctx):
+        """Route one window batch."""
+        yield from self._route(value, self.file_rules)
+
+
+RULES_STATE = MapStateDescriptor("routing-rules", Types.STRING(), Types.STRING())
+
+
+class BroadcastRouter(BroadcastProcessFunction, _RouterBase):
+    """route: like Router, with rule sets from the rules topic as broadcast state (newest wins)."""
+
+    def __init__(self, settings: JobSettings) -> None:
+        self.settings = settings
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        """Load the fallback routing table and register metrics."""
+        self._open(runtime_context)
+        self.rules_rejected = _counter(runtime_context, "rules_rejected")
+
+    def _current(self, ctx) -> RuleSet:
+        raw = ctx.get_broadcast_state(RULES_STATE).get("current")
+        if raw is None:
+            return self.file_rules
+        if self.rules_cache is None or self.rules_cache[0] != raw:
+            rules, _ = next_ruleset(None, raw.encode())
+            self.rules_cache = (raw, rules if rules is not None else self.file_rules)
+        return self.rules_cache[1]
+
+    def process_element(self, value, ctx):
+        """Route one window batch with the current rules."""
+        yield from self._route(value, self._current(ctx))
+
+    def process_broadcast_element(self, value, ctx):
+        """Accept a new rule set, or reject it to the DLQ and keep the last good one."""
+        rules, error = next_ruleset(None, value.encode())
+        if error is not None or rules is None:
+            self.rules_rejected.inc()
+            log.warning('{"msg": "rules rejected", "error": "%s"}', str(error).replace('"', "'"))
+            from udfs.dlq import dlq_record
+
+            yield DLQ_TAG, dlq_record(value.encode(), "invalid_rules", str(error), "rules").decode()
+            return
+        ctx.get_broadcast_state(RULES_STATE).put("current", value)
+        log.info('{"msg": "rules applied", "rules_version": "%s"}', rules.version)
+
+
+class Deliver(ProcessFunction):
+    """deliver-<channel>: deliver one batch; emit the channel record, results and metrics."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        """Register the branch's metrics."""
+        self.delivered = _counter(runtime_context, "delivered")
+        self.batches = _counter(runtime_context, "batches")
+
+    def process_element(self, value, ctx):
+        """Deliver one (window key, batch)."""
+        from udfs.aggregates import BatchObservation, MetricsAccumulator, WindowMetrics, metrics_to_json
+
+        window_key, batch = pickle.loads(value)
+        now_ms = int(time.time() * 1000)
+        delivered = stages.deliver_to_topic(batch, window_key, now_ms)
+        self.batches.inc()
+        self.delivered.inc(len(delivered.results))
+        yield delivered.record.decode()
+        yield RESULTS_TAG, pickle.dumps(("results", window_key, delivered.results))
+        acc = MetricsAccumulator().add(BatchObservation(len(batch.items)))
+        for result in delivered.results:
+            acc.add(result)
+        metrics = WindowMetrics(
+            batch.region, batch.channel, batch.window_start_ms, batch.window_end_ms, acc.result()
+        )
+        yield METRICS_TAG, metrics_to_json(metrics).decode()
+
+
+class FanIn(KeyedProcessFunction):
+    """fan-in: per window key, the branch status of every event; one outcome per event."""
+
+    def __init__(self, settings: JobSettings) -> None:
+        self.settings = settings
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        """Register the keyed state and metrics."""
+        self.state = runtime_context.get_state(ValueStateDescriptor("fanin", PICKLED))
+        self.outcomes = _counter(runtime_context, "outcomes")
+
+    def _emit(self, outcomes, timers, ctx):
+        for t in set(timers):
+            ctx.timer_service().register_processing_time_timer(t)
+        for outcome in outcomes:
+            self.outcomes.inc()
+            yield stages.outcome_json(outcome)
+
+    def _load(self) -> stages.FanInStates:
+        states = self.state.value()
+        return states if states is not None else {}
+
+    def _store(self, states: stages.FanInStates) -> None:
+        if states:
+            self.state.update(states)
+        else:
+            self.state.clear()
+
+    def process_element(self, value, ctx):
+        """Apply a plan batch or a branch result batch."""
+        kind, _key, items = pickle.loads(value)
+        states = self._load()
+        now_ms = int(time.time() * 1000)
+        if kind == "plan":
+            outcomes, timers = stages.fanin_plans(states, items, now_ms, self.settings.stage.fanin_timeout_ms)
+        else:
+            outcomes, timers = stages.fanin_results(states, items, now_ms)
+        self._store(states)
+        yield from self._emit(outcomes, timers, ctx)
+
+    def on_timer(self, timestamp, ctx):
+        """Time out pending branches (outcome with pending channels) or clear lingering state."""
+        states = self._load()
+        outcomes, timers = stages.fanin_timer(states, timestamp)
+        self._store(states)
+        yield from self._emit(outcomes, [t for t in timers if t > timestamp], ctx)
+
+
+class Linear(ProcessFunction):
+    """linear: validate, route and deliver each event's channels one after another."""
+
+    def __init__(self, settings: JobSettings) -> None:
+        self.settings = settings
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        """Load the routing table and register metrics."""
+        rules = load_ruleset_file(self.settings.rules_path)
+        if not isinstance(rules, RuleSet):
+            raise ValueError(f"invalid routing table {self.settings.rules_path}: {rules}")
+        self.rules = rules
+        self.events_in = _counter(runtime_context, "events_in")
+        self.dlq_out = _counter(runtime_context, "dlq")
+
+    def process_element(self, value, ctx):
+        """Handle one deduplicated record."""
+        rec = stages.SourceRecord(bytes(value[0]), value[1], value[2], value[3])
+        self.events_in.inc()
+        result = stages.deliver_linear(rec, self.rules, self.settings.stage, int(time.time() * 1000))
+        if result.dlq is not None:
+            self.dlq_out.inc()
+            yield DLQ_TAG, result.dlq.decode()
+            return
+        for channel, record in result.channel_records:
+            yield channel_tag(channel), pickle.dumps(record.decode())
+        if result.outcome is not None:
+            yield stages.outcome_json(result.outcome)
+
+
+# --- sinks and graph ---------------------------------------------------------------------------
+class Sinks:
+    """Where the job's outputs go; ``attach(stream, kind)`` with kind in outcomes|dlq|metrics|<channel>."""
+
+    def attach(self, stream: DataStream, kind: str) -> None:
+        """Attach a sink for one output kind."""
+        raise NotImplementedError
+
+
+class KafkaSinks(Sinks):
+    """Exactly-once Kafka sinks: one transactional sink per output topic (stable tx-id prefix)."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+
+    def attach(self, stream: DataStream, kind: str) -> None:
+        """Attach the topic of ``kind`` with a transactional KafkaSink."""
+        topics = self.cfg.topics
+        topic = {"outcomes": topics.outcomes, "dlq": topics.dlq, "metrics": topics.metrics}.get(kind)
+        topic = topic or topics.channel(kind)
+        stream.sink_to(kafka_sink(self.cfg, topic, kind)).name(f"kafka: {topic}").uid(f"sink-{kind}")
+
+
+class PrintSinks(Sinks):
+    """Embedded mode: print each output line prefixed with its kind."""
+
+    def attach(self, stream: DataStream, kind: str) -> None:
+        """Print ``kind``'s records."""
+        stream.map(lambda s, k=kind: f"{k}\t{s}", output_type=Types.STRING()).name(f"format {kind}").print()
+
+
+def settings_for(cfg: PipelineConfig) -> JobSettings:
+    """Build the operators' settings from the pipeline config."""
+    rules_path = Path(cfg.routing.rules_file)
+    rules_path = rules_path if rules_path.is_absolute() else ROOT / rules_path
+    rules = load_ruleset_file(rules_path)
+    if not isinstance(rules, RuleSet):
+        raise SystemExit(f"error: invalid routing table {rules_path}: {rules}")
+    limits = ValidationLimits(
+        max_event_bytes=cfg.events.max_event_bytes,
+        regions=frozenset(cfg.events.regions),
+        channels=frozenset(rules.channels),
+    )
+    stage = stages.StageConfig(
+        limits=limits,
+        max_batch_size=cfg.events.max_batch_size,
+        digest_channels=frozenset(cfg.events.digest_channels),
+        fanin_timeout_ms=cfg.events.fanin_timeout_ms,
+    )
+    return JobSettings(stage, str(rules_path), tuple(rules.channels), cfg.events.fanin_timeout_ms)
+
+
+def build(
+    env: StreamExecutionEnvironment,
+    t_env: StreamTableEnvironment,
+    sinks: Sinks,
+    cfg: PipelineConfig,
+    rules_stream: DataStream | None = None,
+) -> None:
+    """Wire the job onto the registered ``events_in`` table and ``sinks``."""
+    settings = settings_for(cfg)
+    t_env.get_config().set("table.exec.state.ttl", f"{cfg.events.dedup_ttl_ms} ms")
+    t_env.get_config().set("table.exec.source.idle-timeout", f"{cfg.events.idle_timeout_ms} ms")
+    front_sql(t_env, cfg)
+    if cfg.job.mode == "linear":
+        rows = t_env.to_data_stream(
+            t_env.sql_query("SELECT `raw`, src_topic, src_partition, src_offset FROM deduped")
+        )
+        main = (
+            rows.process(Linear(settings), output_type=Types.STRING())
+            .name("linear: route + deliver")
+            .uid("linear")
+        )
+        sinks.attach(main, "outcomes")
+        sinks.attach(main.get_side_output(DLQ_TAG), "dlq")
+        for ch in settings.channels:
+            records = main.get_side_output(channel_tag(ch)).map(pickle.loads, output_type=Types.STRING())
+            sinks.attach(records.name(f"records-{ch}"), ch)
+        return
+
+    batches = t_env.to_data_stream(t_env.from_path("batches"))
+    if rules_stream is not None:
+        routed = (
+            batches.connect(rules_stream.broadcast(RULES_STATE))
+            .process(BroadcastRouter(settings), output_type=PICKLED)
+            .name("route: validate + decide + plan")
+            .uid("route")
+        )
+    else:
+        routed = (
+            batches.process(Router(settings), output_type=PICKLED)
+            .name("route: validate + decide + plan")
+            .uid("route")
+        )
+    sinks.attach(routed.get_side_output(DLQ_TAG), "dlq")
+    to_fanin: list[DataStream] = []
+    metrics: list[DataStream] = []
+    for ch in settings.channels:
+        branch = cfg.branch(ch)
+        delivered = (
+            routed.get_side_output(channel_tag(ch))
+            .process(Deliver(ch), output_type=Types.STRING())
+            .name(f"deliver-{ch}")
+            .uid(f"deliver-{ch}")
+            .set_parallelism(branch.parallelism or cfg.job.parallelism)
+            .slot_sharing_group(branch.slot_sharing_group or f"channel-{ch}")
+        )
+        sinks.attach(delivered, ch)
+        to_fanin.append(delivered.get_side_output(RESULTS_TAG))
+        metrics.append(delivered.get_side_output(METRICS_TAG))
+    outcomes = (
+        routed.union(*to_fanin)
+        .key_by(lambda m: pickle.loads(m)[1], key_type=Types.STRING())
+        .process(FanIn(settings), output_type=Types.STRING())
+        .name("fan-in: branch status per event")
+        .uid("fan-in")
+    )
+    sinks.attach(outcomes, "outcomes")
+    if metrics:
+        sinks.attach(metrics[0].union(*metrics[1:]) if len(metrics) > 1 else metrics[0], "metrics")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the fan-out job: on Kafka when configured, else on the embedded generator."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=None, help="pipeline YAML (default conf/pipeline.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--events", type=int, default=200, help="embedded mode: generated events")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    env = make_env(cfg)
+    t_env = StreamTableEnvironment.create(env)
+    t_env.get_config().set("table.local-time-zone", "UTC")
+    if cfg.kafka.enabled:
+        kafka_events_table(t_env, cfg)
+        rules = env.from_source(kafka_source(cfg, cfg.topics.rules), source_watermarks(), "kafka: rules").uid(
+            "source-rules"
+        )
+        build(env, t_env, KafkaSinks(cfg), cfg, rules_stream=rules)
+    else:
+        from udfs.generator import generate_events
+
+        embedded_events_table(env, t_env, list(generate_events(args.events, seed=7)), cfg)
+        build(env, t_env, PrintSinks(), cfg)
+    env.execute(cfg.job.name)
+
+
+if __name__ == "__main__":
+    # Run the importable module's main, so operators pickle by reference to jobs.fanout
+    # (classes defined in __main__ would be pickled by value, module globals and all).
+    from jobs.fanout import main as _main
+
+    _main()

@@ -1,0 +1,269 @@
+"""Per-batch pipeline stages: what each Python operator of the fan-out job does, as pure code.
+
+The job does per-event keyed work (dedup, window batching) in the JVM and hands Python one
+*window batch* at a time (see docs/architecture.md for the measurements behind this). These
+functions are that Python work; the Flink wrappers in ``jobs/`` only call them.
+
+Shapes::
+
+    SourceRecord(raw, topic, partition, offset)          # one Kafka record
+    route_batch([...SourceRecord], window) -> Routed     # validate, DLQ, route, plan, batch
+    deliver_to_topic(Batch, now_ms) -> Delivered         # channel record + branch results
+    FanIn (dict of udfs.fanin states per event_id)       # keyed by the window key
+    route_one(...)/deliver_linear(...)                   # the linear (sequential) mode
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from udfs import fanin
+from udfs.batching import Batch, DeliveryItem, batch_to_json, item_for, make_batches
+from udfs.dlq import dlq_record
+from udfs.events import Event, ValidationLimits, parse_event
+from udfs.fanin import BranchResult, BranchStatus, FanInState, Outcome, Plan, plan_from_decision
+from udfs.routing import RuleSet, address_for, decide
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One input record as read from Kafka (coordinates are None for the embedded source)."""
+
+    raw: bytes
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The batch a group of records arrived in: fan-in key and batching window."""
+
+    key: str
+    region: str
+    start_ms: int
+    end_ms: int
+    late: bool = False
+
+    @property
+    def batch_prefix(self) -> str:
+        """Return the batch-id prefix: the key without the window start (region|bucket)."""
+        return self.key.rsplit("|", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    """Everything the per-batch stages need besides the rules."""
+
+    limits: ValidationLimits = field(default_factory=ValidationLimits)
+    max_batch_size: int = 500
+    digest_channels: frozenset[str] = frozenset()
+    fanin_timeout_ms: int = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """What routing one window batch produced."""
+
+    window: Window
+    plans: tuple[Plan, ...]
+    batches: tuple[Batch, ...]
+    dlq: tuple[bytes, ...]
+    decisions: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The result of delivering one channel batch."""
+
+    window_key: str
+    channel: str
+    record: bytes
+    results: tuple[BranchResult, ...]
+
+
+def route_batch(records: Iterable[SourceRecord], window: Window, rules: RuleSet, cfg: StageConfig) -> Routed:
+    """Validate, route and batch the records of one window; invalid ones become DLQ records."""
+    plans: list[Plan] = []
+    dlq: list[bytes] = []
+    decisions: list[dict[str, Any]] = []
+    per_channel: dict[str, list[DeliveryItem]] = {}
+    limits = cfg.limits
+    for rec in records:
+        parsed = parse_event(rec.raw, limits)
+        if not isinstance(parsed, Event):
+            dlq.append(
+                dlq_record(
+                    rec.raw,
+                    parsed.reason,
+                    parsed.detail,
+                    parsed.stage,
+                    rec.topic,
+                    rec.partition,
+                    rec.offset,
+                    event_id=parsed.event_id,
+                )
+            )
+            continue
+        decision = decide(parsed, rules)
+        plans.append(plan_from_decision(parsed, decision, late=window.late))
+        decisions.append(decision.log_fields())
+        for ch in decision.channels:
+            per_channel.setdefault(ch, []).append(item_for(parsed, ch, address_for(parsed, ch, rules)))
+    batches: list[Batch] = []
+    for ch in sorted(per_channel):
+        batches.extend(
+            make_batches(
+                per_channel[ch],
+                window.region,
+                ch,
+                window.start_ms,
+                window.end_ms,
+                cfg.max_batch_size,
+                ch in cfg.digest_channels,
+                window.batch_prefix,
+            )
+        )
+    return Routed(window, tuple(plans), tuple(batches), tuple(dlq), tuple(decisions))
+
+
+def deliver_to_topic(batch: Batch, window_key: str, now_ms: int) -> Delivered:
+    """Deliver a batch by writing it to its channel topic (the transactional sink commits it).
+
+    Every (event, channel) in the batch is DELIVERED once the record is emitted; the
+    resilient provider delivery replaces this function without changing the graph.
+    """
+    results = tuple(
+        BranchResult(
+            eid,
+            batch.channel,
+            BranchStatus.DELIVERED,
+            1,
+            max(0, now_ms - msg.occurred_at_ms),
+            None,
+            now_ms,
+            batch.batch_id,
+        )
+        for msg in batch.items
+        for eid in msg.event_ids
+    )
+    return Delivered(window_key, batch.channel, batch_to_json(batch), results)
+
+
+# --- fan-in over one window key -------------------------------------------------------------
+FanInStates = dict[str, FanInState]
+"""The fan-in state of one window key: the per-event state machines of ``udfs.fanin``."""
+
+
+def fanin_plans(
+    states: FanInStates, plans: Sequence[Plan], now_ms: int, timeout_ms: int
+) -> tuple[list[Outcome], list[int]]:
+    """Apply the plans of a window batch; return outcomes to emit and timers to register."""
+    outcomes: list[Outcome] = []
+    timers: list[int] = []
+    for plan in plans:
+        state, out, tms, clear = fanin.on_plan(states.get(plan.event_id), plan, now_ms, timeout_ms)
+        _store(states, plan.event_id, state, clear)
+        outcomes.extend(out)
+        timers.extend(tms)
+    return outcomes, timers
+
+
+def fanin_results(
+    states: FanInStates, results: Sequence[BranchResult], now_ms: int
+) -> tuple[list[Outcome], list[int]]:
+    """Apply the branch results of one delivered batch."""
+    outcomes: list[Outcome] = []
+    timers: list[int] = []
+    for result in results:
+        state, out, tms, clear = fanin.on_result(states.get(result.event_id), result, now_ms)
+        _store(states, result.event_id, state, clear)
+        outcomes.extend(out)
+        timers.extend(tms)
+    return outcomes, timers
+
+
+def fanin_timer(states: FanInStates, now_ms: int) -> tuple[list[Outcome], list[int]]:
+    """Fire the timers due at ``now_ms`` for every event of the window key."""
+    outcomes: list[Outcome] = []
+    timers: list[int] = []
+    for event_id in list(states):
+        state = states[event_id]
+        due = [t for t in _deadlines(state) if t <= now_ms]
+        if not due:
+            timers.extend(_deadlines(state))
+            continue
+        new, out, tms, clear = fanin.on_timer(state, now_ms)
+        _store(states, event_id, new, clear)
+        outcomes.extend(out)
+        timers.extend(tms)
+    return outcomes, timers
+
+
+def _deadlines(state: FanInState) -> list[int]:
+    return [state.deadline_ms] if state.deadline_ms is not None else []
+
+
+def _store(states: FanInStates, event_id: str, state: FanInState | None, clear: bool) -> None:
+    if clear or state is None:
+        states.pop(event_id, None)
+    else:
+        states[event_id] = state
+
+
+# --- linear mode: one event, its channels one after another ---------------------------------
+@dataclass(frozen=True, slots=True)
+class LinearResult:
+    """What the sequential chain produced for one record."""
+
+    dlq: bytes | None = None
+    channel_records: tuple[tuple[str, bytes], ...] = ()
+    outcome: Outcome | None = None
+    decision: dict[str, Any] | None = None
+
+
+def deliver_linear(rec: SourceRecord, rules: RuleSet, cfg: StageConfig, now_ms: int) -> LinearResult:
+    """Validate, route and deliver one event's channels sequentially; fan-in is then trivial."""
+    parsed = parse_event(rec.raw, cfg.limits)
+    if not isinstance(parsed, Event):
+        return LinearResult(
+            dlq=dlq_record(
+                rec.raw,
+                parsed.reason,
+                parsed.detail,
+                parsed.stage,
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                event_id=parsed.event_id,
+            )
+        )
+    decision = decide(parsed, rules)
+    plan = plan_from_decision(parsed, decision)
+    state, outcomes, _, _ = fanin.on_plan(None, plan, now_ms, cfg.fanin_timeout_ms)
+    records: list[tuple[str, bytes]] = []
+    for ch in decision.channels:
+        item = item_for(parsed, ch, address_for(parsed, ch, rules))
+        (batch,) = make_batches(
+            [item], parsed.region, ch, parsed.occurred_at_ms, parsed.occurred_at_ms, 1, False
+        )
+        delivered = deliver_to_topic(batch, parsed.event_id, now_ms)
+        records.append((ch, delivered.record))
+        for result in delivered.results:
+            state, out, _, _ = fanin.on_result(state, result, now_ms)
+            outcomes.extend(out)
+    return LinearResult(None, tuple(records), outcomes[0] if outcomes else None, decision.log_fields())
+
+
+def outcome_json(outcome: Outcome) -> str:
+    """Return the outcome record as a str (what the Kafka sinks take)."""
+    return fanin.outcome_to_json(outcome).decode()
+
+
+def decision_log_line(fields: dict[str, Any]) -> str:
+    """Return one structured (JSON) log line for a routing decision; it carries no PII."""
+    return orjson.dumps({"msg": "route", **fields}).decode()
