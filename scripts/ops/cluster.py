@@ -77,8 +77,25 @@ class LocalFlinkCluster:
         env = dict(os.environ)
         env["FLINK_CONF_DIR"] = str(self.conf_dir)
         env["FLINK_LOG_DIR"] = str(self.log_dir)
+        env["FLINK_LIB_DIR"] = str(self.lib_dir())
         env["PATH"] = f"{venv_python().parent}{os.pathsep}{env.get('PATH', '')}"
         return env
+
+    def lib_dir(self) -> Path:
+        """Return the cluster's lib folder: the distribution's jars plus flink-python.
+
+        Thread mode loads pemja's native library once per JVM. With flink-python only in the
+        job's classloader, the second job on a TaskManager fails with
+        ``NoSuchFieldException: loadedLibraryNames``; on the parent classpath it is loaded once.
+        """
+        lib = self.home / "lib"
+        lib.mkdir(parents=True, exist_ok=True)
+        home = flink_home()
+        for jar in [*(home / "lib").glob("*.jar"), *(home / "opt").glob("flink-python-*.jar")]:
+            link = lib / jar.name
+            if not link.exists():
+                link.symlink_to(jar)
+        return lib
 
     def config(self) -> dict[str, Any]:
         """Return the effective cluster configuration (project file plus filled-in values)."""

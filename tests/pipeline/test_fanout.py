@@ -188,5 +188,5 @@ def test_bad_input_becomes_dlq_records_with_reasons(kafka, topics):
     assert set(by_reason) == set(bad)
     assert by_reason["not_utf8"]["original_b64"] and "original" not in by_reason["not_utf8"]
     assert by_reason["malformed_json"]["original"] == bad["malformed_json"].decode()
-    offsets = {d["source"]["offset"] for d in out["dlq"]}
-    assert len(offsets) == len(bad) and all(isinstance(o, int) for o in offsets)
+    coords = {(d["source"]["partition"], d["source"]["offset"]) for d in out["dlq"]}
+    assert len(coords) == len(bad) and all(isinstance(p, int) and isinstance(o, int) for p, o in coords)
