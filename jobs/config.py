@@ -75,6 +75,10 @@ class JobConfig:
     restart_delay_ms: int = 1000
     # window batches are keyed by (region, bucket): buckets spread one region over subtasks
     buckets: int = 4
+    # Failover testing only: the router raises once after N window batches, then writes
+    # this marker file so the restarted job does not fail again. Empty = off.
+    chaos_fail_once_file: str = ""
+    chaos_fail_after_batches: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ import logging
 import pickle
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -67,7 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PICKLED = Types.PICKLED_BYTE_ARRAY()
 DLQ_TAG = OutputTag("dlq", Types.STRING())
 RESULTS_TAG = OutputTag("branch-results", PICKLED)
-METRICS_TAG = OutputTag("metrics", Types.STRING())
+METRICS_TAG = OutputTag("metrics", PICKLED)
 
 
 def channel_tag(channel: str) -> OutputTag:
@@ -83,6 +84,9 @@ _OCCURRED = f"JSON_VALUE({_S}, '$.occurred_at')"
 ROWTIME_EXPR = (
     f"COALESCE(TO_TIMESTAMP(REPLACE(REPLACE(REPLACE({_OCCURRED}, 'T', ' '), 'Z', ''), '+00:00', '')), "
     "TIMESTAMP '1970-01-01 00:00:00.000')"
+)
+HAS_TIME_EXPR = (
+    f"TO_TIMESTAMP(REPLACE(REPLACE(REPLACE({_OCCURRED}, 'T', ' '), 'Z', ''), '+00:00', '')) IS NOT NULL"
 )
 EVENT_ID_EXPR = f"JSON_VALUE({_S}, '$.event_id')"
 REGION_EXPR = f"COALESCE(JSON_VALUE({_S}, '$.region'), '_invalid')"
@@ -111,6 +115,7 @@ def kafka_events_table(t_env: StreamTableEnvironment, cfg: PipelineConfig) -> No
           `event_id` AS {EVENT_ID_EXPR},
           `region_key` AS {REGION_EXPR},
           `rowtime` AS {ROWTIME_EXPR},
+          `has_time` AS {HAS_TIME_EXPR},
           `proc_time` AS PROCTIME(),
           WATERMARK FOR `rowtime` AS `rowtime` - {_interval(cfg.events.max_out_of_orderness_ms)}
         ) WITH (
@@ -163,7 +168,11 @@ def front_sql(t_env: StreamTableEnvironment, cfg: PipelineConfig) -> None:
     buckets = max(1, cfg.job.buckets)
     t_env.execute_sql("""
         CREATE TEMPORARY VIEW deduped AS
-        SELECT `raw`, src_topic, src_partition, src_offset, region_key, dedup_key, rowtime FROM (
+        SELECT `raw`, src_topic, src_partition, src_offset, region_key, dedup_key, rowtime, has_time,
+               has_time AND CURRENT_WATERMARK(rowtime) IS NOT NULL
+                        AND rowtime > CURRENT_WATERMARK(rowtime) AS windowed,
+               COALESCE(has_time AND rowtime <= CURRENT_WATERMARK(rowtime), FALSE) AS is_late
+        FROM (
           SELECT *, ROW_NUMBER() OVER (PARTITION BY dedup_key ORDER BY proc_time ASC) AS rn FROM (
             SELECT *, COALESCE(event_id,
                 CONCAT('#', COALESCE(src_topic, ''), ':', CAST(src_partition AS STRING), ':',
@@ -173,8 +182,7 @@ def front_sql(t_env: StreamTableEnvironment, cfg: PipelineConfig) -> None:
     window = cfg.events.window_ms
     t_env.execute_sql(f"""
         CREATE TEMPORARY VIEW on_time AS
-        SELECT *, MOD(ABS(HASH_CODE(dedup_key)), {buckets}) AS bucket FROM deduped
-        WHERE CURRENT_WATERMARK(rowtime) IS NULL OR rowtime > CURRENT_WATERMARK(rowtime)""")
+        SELECT *, MOD(ABS(HASH_CODE(dedup_key)), {buckets}) AS bucket FROM deduped WHERE windowed""")
     t_env.execute_sql(f"""
         CREATE TEMPORARY VIEW batches AS
         SELECT region_key, bucket, CAST(window_start AS STRING) AS w_start,
@@ -185,10 +193,10 @@ def front_sql(t_env: StreamTableEnvironment, cfg: PipelineConfig) -> None:
         GROUP BY region_key, bucket, window_start, window_end
         UNION ALL
         SELECT region_key, -1 AS bucket, CAST(CAST(rowtime AS TIMESTAMP(3)) AS STRING) AS w_start,
-               CAST(CAST(rowtime AS TIMESTAMP(3)) AS STRING) AS w_end, TRUE AS late,
+               CAST(CAST(rowtime AS TIMESTAMP(3)) AS STRING) AS w_end, is_late AS late,
                src_topic, ARRAY[`raw`] AS raws, ARRAY[src_partition] AS parts, ARRAY[src_offset] AS offs
         FROM deduped
-        WHERE rowtime <= CURRENT_WATERMARK(rowtime)""")
+        WHERE NOT windowed""")
 
 
 def _epoch_ms(text: str) -> int:
@@ -208,9 +216,9 @@ def _records(row: Any) -> list[stages.SourceRecord]:
 
 def _window(row: Any) -> stages.Window:
     region, bucket, start, end, late = row[0], row[1], _epoch_ms(row[2]), _epoch_ms(row[3]), bool(row[4])
-    if late:
+    if bucket < 0:  # a single record that bypassed the windows (late, no event time, or start-up)
         first = bytes(row[6][0])
-        key = f"late|{region}|{start}|{abs(hash(first))}"
+        key = f"single|{region}|{start}|{zlib.crc32(first):08x}"  # deterministic across restarts
     else:
         key = f"{region}|{bucket}|{start}"
     return stages.Window(key, region, start, end, late)
@@ -225,6 +233,8 @@ class JobSettings:
     rules_path: str
     channels: tuple[str, ...]
     fanin_linger_ms: int
+    chaos_fail_once_file: str = ""
+    chaos_fail_after_batches: int = 0
 
 
 def _counter(ctx: RuntimeContext, name: str):
@@ -242,17 +252,31 @@ class _RouterBase:
             raise ValueError(f"invalid routing table {self.settings.rules_path}: {rules}")
         self.file_rules = rules
         self.rules_cache: tuple[str, RuleSet] | None = None
+        self.seen_batches = 0
         self.events_in = _counter(ctx, "events_in")
         self.dlq_out = _counter(ctx, "dlq")
         self.batches_in = _counter(ctx, "window_batches")
+        self.late_in = _counter(ctx, "late_events")
         self.routed = {ch: _counter(ctx, f"routed_{ch}") for ch in self.settings.channels}
 
+    def _chaos(self) -> None:
+        """Fail once (failover tests): after N batches, if the marker file does not exist yet."""
+        marker = self.settings.chaos_fail_once_file
+        due = self.seen_batches >= self.settings.chaos_fail_after_batches
+        if marker and due and not Path(marker).exists():
+            Path(marker).write_text("failed once\n")
+            raise RuntimeError("chaos: injected failure (job.chaos_fail_once_file)")
+
     def _route(self, row: Any, rules: RuleSet):
+        self.seen_batches += 1
+        self._chaos()
         window = _window(row)
         records = _records(row)
         routed = stages.route_batch(records, window, rules, self.settings.stage)
         self.batches_in.inc()
         self.events_in.inc(len(records))
+        if window.late:
+            self.late_in.inc(len(records))
         for raw in routed.dlq:
             self.dlq_out.inc()
             yield DLQ_TAG, raw.decode()
@@ -326,8 +350,9 @@ class BroadcastRouter(BroadcastProcessFunction, _RouterBase):
 class Deliver(ProcessFunction):
     """deliver-<channel>: deliver one batch; emit the channel record, results and metrics."""
 
-    def __init__(self, channel: str) -> None:
+    def __init__(self, channel: str, window_ms: int) -> None:
         self.channel = channel
+        self.window_ms = window_ms
 
     def open(self, runtime_context: RuntimeContext) -> None:
         """Register the branch's metrics."""
@@ -336,8 +361,6 @@ class Deliver(ProcessFunction):
 
     def process_element(self, value, ctx):
         """Deliver one (window key, batch)."""
-        from udfs.aggregates import BatchObservation, MetricsAccumulator, WindowMetrics, metrics_to_json
-
         window_key, batch = pickle.loads(value)
         now_ms = int(time.time() * 1000)
         delivered = stages.deliver_to_topic(batch, window_key, now_ms)
@@ -345,13 +368,41 @@ class Deliver(ProcessFunction):
         self.delivered.inc(len(delivered.results))
         yield delivered.record.decode()
         yield RESULTS_TAG, pickle.dumps(("results", window_key, delivered.results))
-        acc = MetricsAccumulator().add(BatchObservation(len(batch.items)))
-        for result in delivered.results:
-            acc.add(result)
-        metrics = WindowMetrics(
-            batch.region, batch.channel, batch.window_start_ms, batch.window_end_ms, acc.result()
-        )
-        yield METRICS_TAG, metrics_to_json(metrics).decode()
+        yield METRICS_TAG, pickle.dumps(stages.batch_metrics(batch, delivered.results, self.window_ms))
+
+
+class WindowMetricsFn(KeyedProcessFunction):
+    """metrics: per (region, channel, event-time window): counts, batch sizes, latency percentiles.
+
+    Batches are merged until the watermark passes the window's end (an event-time timer),
+    then one record is emitted. A batch for a window that was already emitted (a late event)
+    is emitted on its own with ``"late": true``: an update is never silent.
+    """
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        """Register the window accumulator state."""
+        self.state = runtime_context.get_state(ValueStateDescriptor("window-metrics", PICKLED))
+
+    def process_element(self, value, ctx):
+        """Merge one batch's metrics into its window (or emit it at once when late)."""
+        m: stages.BatchMetrics = pickle.loads(value)
+        if m.window_end_ms <= ctx.timer_service().current_watermark():
+            yield stages.metrics_json(m, m.accumulator, late=True)
+            return
+        current = self.state.value()
+        if current is None:
+            ctx.timer_service().register_event_time_timer(m.window_end_ms - 1)
+            current = m
+        else:
+            current.accumulator.merge(m.accumulator)
+        self.state.update(current)
+
+    def on_timer(self, timestamp, ctx):
+        """Emit the window's metrics and clear the state."""
+        current = self.state.value()
+        self.state.clear()
+        if current is not None:
+            yield stages.metrics_json(current, current.accumulator, late=False)
 
 
 class FanIn(KeyedProcessFunction):
@@ -481,7 +532,14 @@ def settings_for(cfg: PipelineConfig) -> JobSettings:
         digest_channels=frozenset(cfg.events.digest_channels),
         fanin_timeout_ms=cfg.events.fanin_timeout_ms,
     )
-    return JobSettings(stage, str(rules_path), tuple(rules.channels), cfg.events.fanin_timeout_ms)
+    return JobSettings(
+        stage,
+        str(rules_path),
+        tuple(rules.channels),
+        cfg.events.fanin_timeout_ms,
+        cfg.job.chaos_fail_once_file,
+        cfg.job.chaos_fail_after_batches,
+    )
 
 
 def build(
@@ -533,7 +591,7 @@ def build(
         branch = cfg.branch(ch)
         delivered = (
             routed.get_side_output(channel_tag(ch))
-            .process(Deliver(ch), output_type=Types.STRING())
+            .process(Deliver(ch, cfg.events.window_ms), output_type=Types.STRING())
             .name(f"deliver-{ch}")
             .uid(f"deliver-{ch}")
             .set_parallelism(branch.parallelism or cfg.job.parallelism)
@@ -551,7 +609,14 @@ def build(
     )
     sinks.attach(outcomes, "outcomes")
     if metrics:
-        sinks.attach(metrics[0].union(*metrics[1:]) if len(metrics) > 1 else metrics[0], "metrics")
+        per_batch = metrics[0].union(*metrics[1:]) if len(metrics) > 1 else metrics[0]
+        windowed = (
+            per_batch.key_by(lambda m: pickle.loads(m).key, key_type=Types.STRING())
+            .process(WindowMetricsFn(), output_type=Types.STRING())
+            .name("metrics: region x channel x window")
+            .uid("window-metrics")
+        )
+        sinks.attach(windowed, "metrics")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from udfs import fanin
+from udfs.aggregates import BatchObservation, MetricsAccumulator, WindowMetrics, metrics_to_dict
 from udfs.batching import Batch, DeliveryItem, batch_to_json, item_for, make_batches
 from udfs.dlq import dlq_record
 from udfs.events import Event, ValidationLimits, parse_event
@@ -152,6 +153,35 @@ def deliver_to_topic(batch: Batch, window_key: str, now_ms: int) -> Delivered:
         for eid in msg.event_ids
     )
     return Delivered(window_key, batch.channel, batch_to_json(batch), results)
+
+
+# --- windowed metrics per (region, channel, event-time window) -------------------------------
+@dataclass(frozen=True, slots=True)
+class BatchMetrics:
+    """One delivered batch's contribution to its (region, channel, window) metrics."""
+
+    key: str
+    region: str
+    channel: str
+    window_start_ms: int
+    window_end_ms: int
+    accumulator: MetricsAccumulator
+
+
+def batch_metrics(batch: Batch, results: Sequence[BranchResult], window_ms: int) -> BatchMetrics:
+    """Return a batch's metrics, placed in the tumbling window that contains its window start."""
+    start = batch.window_start_ms - batch.window_start_ms % window_ms
+    acc = MetricsAccumulator().add(BatchObservation(len(batch.items)))
+    for result in results:
+        acc.add(result)
+    key = f"{batch.region}|{batch.channel}|{start}"
+    return BatchMetrics(key, batch.region, batch.channel, start, start + window_ms, acc)
+
+
+def metrics_json(m: BatchMetrics, acc: MetricsAccumulator, late: bool) -> str:
+    """Return the ``notifications.metrics`` record of a window (``late``: after it was emitted)."""
+    window = WindowMetrics(m.region, m.channel, m.window_start_ms, m.window_end_ms, acc.result())
+    return orjson.dumps({**metrics_to_dict(window), "late": late}).decode()
 
 
 # --- fan-in over one window key -------------------------------------------------------------

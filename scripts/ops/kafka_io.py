@@ -46,36 +46,39 @@ def consume_all(
     topic: str,
     isolation: str = "read_committed",
     expect: int | None = None,
-    timeout_s: float = 30.0,
-    idle_s: float = 2.0,
+    timeout_s: float = 60.0,
 ) -> list[bytes]:
-    """Read every record of ``topic`` from the beginning.
+    """Read every record of ``topic`` up to its current end (the last stable offset).
 
-    Stops when ``expect`` records were read and no more arrived for ``idle_s``, or when the
-    topic was idle for ``idle_s`` (no ``expect``), or at ``timeout_s``.
+    With ``read_committed`` the end is the last stable offset, so the result is exactly the
+    committed records at call time: no idle-time guessing. With ``expect``, keep reading (and
+    re-reading the end) until at least that many records arrived or ``timeout_s`` passed.
     """
     consumer = KafkaConsumer(
-        topic,
         bootstrap_servers=bootstrap,
         isolation_level=isolation,
-        auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
     )
     values: list[bytes] = []
     deadline = time.monotonic() + timeout_s
-    last_new = time.monotonic()
     try:
+        parts: set[int] = set()
+        while not parts and time.monotonic() < deadline:
+            parts = consumer.partitions_for_topic(topic) or set()
+            if not parts:
+                time.sleep(0.2)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
         while time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=200)
-            got = [rec.value for recs in batch.values() for rec in recs]
-            if got:
-                values.extend(got)
-                last_new = time.monotonic()
-                continue
-            idle = time.monotonic() - last_new
-            if (expect is None or len(values) >= expect) and idle >= idle_s:
+            end = consumer.end_offsets(tps)
+            while time.monotonic() < deadline and any(consumer.position(tp) < end[tp] for tp in tps):
+                for recs in consumer.poll(timeout_ms=200).values():
+                    values.extend(rec.value for rec in recs)
+            if expect is None or len(values) >= expect:
                 break
+            time.sleep(0.2)
     finally:
         consumer.close()
     return values

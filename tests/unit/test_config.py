@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import pytest
+
+from jobs.config import BranchConfig, ConfigError, load_config
+
+
+def test_defaults_come_from_conf_pipeline_yaml():
+    cfg = load_config(env={})
+    assert cfg.kafka.bootstrap == "" and not cfg.kafka.enabled
+    assert cfg.topics.channel("email") == "notifications.email"
+    assert cfg.job.mode == "fanout" and cfg.job.python_execution_mode == "thread"
+    assert cfg.events.window_ms == 1000 and cfg.events.regions == ("eu-west", "us-east", "ap-south")
+    assert cfg.branch("email").slot_sharing_group == "channel-email"
+    assert cfg.branch("webhook") == BranchConfig()
+
+
+def test_env_then_set_overrides_win_in_that_order():
+    cfg = load_config(
+        env={"NOTIFY__KAFKA__BOOTSTRAP": "127.0.0.1:1", "NOTIFY__JOB__PARALLELISM": "3"},
+        overrides=[
+            "kafka.bootstrap=127.0.0.1:2",
+            "branches.sms.parallelism=4",
+            "events.digest_channels=email,push",
+        ],
+    )
+    assert cfg.kafka.bootstrap == "127.0.0.1:2" and cfg.kafka.enabled
+    assert cfg.job.parallelism == 3
+    assert cfg.branch("sms").parallelism == 4
+    assert cfg.events.digest_channels == ("email", "push")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("job.mode=parallel", "job.mode must be one of fanout, linear"),
+        ("job.parallelism=two", "job.parallelism must be an integer"),
+        ("kafka.bounded=maybe", "kafka.bounded must be true or false"),
+        ("nope.key=1", "unknown config section 'nope'"),
+        ("job.nope=1", "unknown config key job.nope"),
+        ("branches.sms.speed=1", "unknown config key branches.sms.speed"),
+        ("justakey", "must look like section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(env={}, overrides=[override])
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml", env={})

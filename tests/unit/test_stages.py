@@ -1,0 +1,104 @@
+"""The per-batch stages the fan-out job's Python operators call (no JVM)."""
+
+from __future__ import annotations
+
+import orjson
+
+from tests.builders import event_bytes, make_recipient
+from udfs import stages
+from udfs.fanin import BranchStatus
+from udfs.routing import load_ruleset_file
+
+RULES = load_ruleset_file("conf/routing.yaml")
+CFG = stages.StageConfig(max_batch_size=2)
+WINDOW = stages.Window("eu-west|1|1000", "eu-west", 1000, 2000)
+
+
+def _rec(raw: bytes, offset: int = 0) -> stages.SourceRecord:
+    return stages.SourceRecord(raw, "events", 0, offset)
+
+
+def test_route_batch_plans_batches_and_dead_letters():
+    good = [
+        event_bytes(event_id=f"e{i}", region="eu-west", priority="high", recipient=make_recipient())
+        for i in range(3)
+    ]
+    routed = stages.route_batch([*map(_rec, good), _rec(b"{nope", 9)], WINDOW, RULES, CFG)
+    assert [p.event_id for p in routed.plans] == ["e0", "e1", "e2"]
+    assert all(p.channels == ("email", "push", "sms") for p in routed.plans)
+    by_channel: dict[str, list[int]] = {}
+    for b in routed.batches:
+        by_channel.setdefault(b.channel, []).append(len(b.items))
+        assert b.batch_id.startswith("eu-west|1:")
+    assert by_channel == {"email": [2, 1], "push": [2, 1], "sms": [2, 1]}
+    (dlq,) = routed.dlq
+    rec = orjson.loads(dlq)
+    assert rec["reason"] == "malformed_json" and rec["source"] == {
+        "topic": "events",
+        "partition": 0,
+        "offset": 9,
+    }
+    assert all("example.com" not in str(d) for d in routed.decisions), "decision logs carry no PII"
+
+
+def test_deliver_then_fan_in_emits_one_outcome_per_event():
+    raws = [event_bytes(event_id=f"e{i}", region="eu-west", recipient=make_recipient()) for i in range(3)]
+    routed = stages.route_batch(list(map(_rec, raws)), WINDOW, RULES, CFG)
+    states: stages.FanInStates = {}
+    outcomes, timers = stages.fanin_plans(states, routed.plans, now_ms=5000, timeout_ms=60_000)
+    assert outcomes == [] and timers
+    emitted = []
+    for batch in routed.batches:
+        delivered = stages.deliver_to_topic(batch, WINDOW.key, now_ms=5100)
+        assert orjson.loads(delivered.record)["batch_id"] == batch.batch_id
+        out, _ = stages.fanin_results(states, delivered.results, now_ms=5100)
+        emitted.extend(out)
+        again, _ = stages.fanin_results(states, delivered.results, now_ms=5200)
+        assert again == [], "a replayed result batch changes nothing"
+    assert sorted(o.event_id for o in emitted) == ["e0", "e1", "e2"]
+    assert all(o.complete and o.version == 1 for o in emitted)
+    assert all(
+        line.status is BranchStatus.DELIVERED
+        for o in emitted
+        for line in o.channels
+        if line.channel == "email"
+    )
+
+
+def test_fan_in_timeout_lists_pending_branches():
+    raw = event_bytes(event_id="slow", region="eu-west", recipient=make_recipient())
+    routed = stages.route_batch([_rec(raw)], WINDOW, RULES, CFG)
+    states: stages.FanInStates = {}
+    _, timers = stages.fanin_plans(states, routed.plans, now_ms=0, timeout_ms=1000)
+    outcomes, _ = stages.fanin_timer(states, now_ms=max(timers))
+    (o,) = outcomes
+    assert not o.complete and set(o.pending) == set(routed.plans[0].channels)
+
+
+def test_batch_metrics_align_to_the_tumbling_window():
+    raws = [event_bytes(event_id=f"m{i}", region="eu-west", recipient=make_recipient()) for i in range(2)]
+    window = stages.Window("eu-west|0|1500", "eu-west", 1500, 1500, late=True)
+    routed = stages.route_batch(list(map(_rec, raws)), window, RULES, CFG)
+    batch = next(b for b in routed.batches if b.channel == "email")
+    delivered = stages.deliver_to_topic(batch, window.key, now_ms=9000)
+    m = stages.batch_metrics(batch, delivered.results, window_ms=1000)
+    assert (m.window_start_ms, m.window_end_ms, m.key) == (1000, 2000, "eu-west|email|1000")
+    rec = orjson.loads(stages.metrics_json(m, m.accumulator, late=True))
+    assert rec["counts"] == {"delivered": 2} and rec["late"] is True and rec["batches"] == 1
+
+
+def test_linear_mode_matches_the_batched_outcome():
+    raw = event_bytes(
+        event_id="lin", region="eu-west", priority="high", recipient=make_recipient(opt_out=["sms"])
+    )
+    result = stages.deliver_linear(_rec(raw), RULES, CFG, now_ms=100)
+    assert result.dlq is None and result.outcome is not None
+    statuses = {line.channel: line.status for line in result.outcome.channels}
+    assert statuses == {
+        "email": BranchStatus.DELIVERED,
+        "push": BranchStatus.DELIVERED,
+        "sms": BranchStatus.SKIPPED,
+    }
+    assert [ch for ch, _ in result.channel_records] == ["email", "push"]
+    bad = stages.deliver_linear(_rec(b"[1]", 3), RULES, CFG, now_ms=100)
+    assert bad.outcome is None and orjson.loads(bad.dlq)["reason"] == "not_an_object"
