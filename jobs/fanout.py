@@ -57,6 +57,7 @@ from pyflink.datastream.functions import BroadcastProcessFunction
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 from pyflink.table import DataTypes, Schema, StreamTableEnvironment
 
+from jobs import codeversion
 from jobs.config import PipelineConfig, load_config
 from jobs.flink_env import kafka_sink, kafka_source, make_env, source_watermarks
 from udfs import stages
@@ -235,6 +236,7 @@ class JobSettings:
     fanin_linger_ms: int
     chaos_fail_once_file: str = ""
     chaos_fail_after_batches: int = 0
+    code_version: str = ""
 
 
 def _counter(ctx: RuntimeContext, name: str):
@@ -247,6 +249,7 @@ class _RouterBase:
     settings: JobSettings
 
     def _open(self, ctx: RuntimeContext) -> None:
+        codeversion.check(self.settings.code_version)
         rules = load_ruleset_file(self.settings.rules_path)
         if not isinstance(rules, RuleSet):
             raise ValueError(f"invalid routing table {self.settings.rules_path}: {rules}")
@@ -461,6 +464,7 @@ class Linear(ProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         """Load the routing table and register metrics."""
+        codeversion.check(self.settings.code_version)
         rules = load_ruleset_file(self.settings.rules_path)
         if not isinstance(rules, RuleSet):
             raise ValueError(f"invalid routing table {self.settings.rules_path}: {rules}")
@@ -539,6 +543,7 @@ def settings_for(cfg: PipelineConfig) -> JobSettings:
         cfg.events.fanin_timeout_ms,
         cfg.job.chaos_fail_once_file,
         cfg.job.chaos_fail_after_batches,
+        codeversion.fingerprint(),
     )
 
 

@@ -182,6 +182,32 @@ class LocalFlinkCluster:
             raise
         return self
 
+    def restart_taskmanager(self) -> None:
+        """Restart the TaskManager (fresh thread-mode Python interpreters; new job code)."""
+        old = {tm["id"] for tm in self.rest("/taskmanagers").get("taskmanagers", [])}
+        pid = self.pids().get("taskmanager")
+        if pid is not None:
+            stop_pid(pid, MARKER, timeout_s=30)
+        for pid_file in (self.home / "run").glob("flink-*-taskexecutor.pid"):
+            pid_file.unlink(missing_ok=True)
+        result = subprocess.run(
+            ["bash", str(flink_home() / "bin" / "taskmanager.sh"), "start"],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        if result.returncode != 0:
+            raise StackError(f"taskmanager.sh start failed: {(result.stderr or result.stdout).strip()}")
+        # the old TaskManager may stay listed until its heartbeat times out: wait for a new id
+        wait_for(
+            lambda: any(tm["id"] not in old for tm in self.rest("/taskmanagers").get("taskmanagers", [])),
+            self.start_timeout_s,
+            "The restarted TaskManager",
+            interval_s=0.5,
+        )
+
     def wait_ready(self) -> None:
         """Wait until the REST API reports at least one registered TaskManager."""
 
@@ -379,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--rest-port", type=int, default=None, help="REST/UI port (default 8081)")
     start.add_argument("--slots", type=int, default=8)
     sub.add_parser("stop", help="stop the daemons this script started")
+    sub.add_parser("restart-taskmanager", help="restart the TaskManager (load new pipeline code)")
     sub.add_parser("status", help="say whether the cluster runs, with its TaskManagers and jobs")
     render = sub.add_parser(
         "render",
@@ -420,6 +447,11 @@ def main(argv: list[str] | None = None) -> int:
                 if cluster.stop()
                 else "flink cluster was not running (nothing of ours to stop)"
             )
+        elif args.cmd == "restart-taskmanager":
+            if not cluster.pids():
+                raise StackError("the cluster is not running; start it with scripts/cluster start")
+            cluster.restart_taskmanager()
+            print("taskmanager restarted")
         elif args.cmd == "status":
             pids = cluster.pids()
             if not pids:

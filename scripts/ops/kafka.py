@@ -115,7 +115,10 @@ class LocalKafka:
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         result = subprocess.run(
-            self._java_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            # --cluster-id=ID, not "-t ID": a random id may start with "-" and read as an option
+            self._java_cmd(
+                "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config)
+            ),
             capture_output=True,
             text=True,
             check=False,

@@ -50,3 +50,12 @@ def test_bad_overrides_name_the_key(override, message):
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "nope.yaml", env={})
+
+
+def test_stale_code_is_refused_with_a_clear_message():
+    from jobs import codeversion
+
+    codeversion.check(codeversion.LOADED)  # same code: fine
+    codeversion.check("")  # no fingerprint (older client): not checked
+    with pytest.raises(RuntimeError, match="stale pipeline code in this TaskManager"):
+        codeversion.check("0000000000000000")
