@@ -243,17 +243,22 @@ def _counter(ctx: RuntimeContext, name: str):
     return ctx.get_metrics_group().add_group("notify").counter(name)
 
 
+def _open_rules(settings: JobSettings) -> RuleSet:
+    """Check the TaskManager runs the job's code, then load the initial routing table."""
+    codeversion.check(settings.code_version)
+    rules = load_ruleset_file(settings.rules_path)
+    if not isinstance(rules, RuleSet):
+        raise ValueError(f"invalid routing table {settings.rules_path}: {rules}")
+    return rules
+
+
 class _RouterBase:
     """Shared router logic: rules, metrics and emitting one routed window batch."""
 
     settings: JobSettings
 
     def _open(self, ctx: RuntimeContext) -> None:
-        codeversion.check(self.settings.code_version)
-        rules = load_ruleset_file(self.settings.rules_path)
-        if not isinstance(rules, RuleSet):
-            raise ValueError(f"invalid routing table {self.settings.rules_path}: {rules}")
-        self.file_rules = rules
+        self.file_rules = _open_rules(self.settings)
         self.rules_cache: tuple[str, RuleSet] | None = None
         self.seen_batches = 0
         self.events_in = _counter(ctx, "events_in")
@@ -464,11 +469,7 @@ class Linear(ProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         """Load the routing table and register metrics."""
-        codeversion.check(self.settings.code_version)
-        rules = load_ruleset_file(self.settings.rules_path)
-        if not isinstance(rules, RuleSet):
-            raise ValueError(f"invalid routing table {self.settings.rules_path}: {rules}")
-        self.rules = rules
+        self.rules = _open_rules(self.settings)
         self.events_in = _counter(runtime_context, "events_in")
         self.dlq_out = _counter(runtime_context, "dlq")
 

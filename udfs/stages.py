@@ -25,7 +25,7 @@ from udfs import fanin
 from udfs.aggregates import BatchObservation, MetricsAccumulator, WindowMetrics, metrics_to_dict
 from udfs.batching import Batch, DeliveryItem, batch_to_json, item_for, make_batches
 from udfs.dlq import dlq_record
-from udfs.events import Event, ValidationLimits, parse_event
+from udfs.events import Event, Rejection, ValidationLimits, parse_event
 from udfs.fanin import BranchResult, BranchStatus, FanInState, Outcome, Plan, plan_from_decision
 from udfs.routing import RuleSet, address_for, decide
 
@@ -87,6 +87,20 @@ class Delivered:
     results: tuple[BranchResult, ...]
 
 
+def rejected(rec: SourceRecord, rejection: Rejection) -> bytes:
+    """Return the DLQ record of an input record that failed validation."""
+    return dlq_record(
+        rec.raw,
+        rejection.reason,
+        rejection.detail,
+        rejection.stage,
+        rec.topic,
+        rec.partition,
+        rec.offset,
+        event_id=rejection.event_id,
+    )
+
+
 def route_batch(records: Iterable[SourceRecord], window: Window, rules: RuleSet, cfg: StageConfig) -> Routed:
     """Validate, route and batch the records of one window; invalid ones become DLQ records."""
     plans: list[Plan] = []
@@ -97,18 +111,7 @@ def route_batch(records: Iterable[SourceRecord], window: Window, rules: RuleSet,
     for rec in records:
         parsed = parse_event(rec.raw, limits)
         if not isinstance(parsed, Event):
-            dlq.append(
-                dlq_record(
-                    rec.raw,
-                    parsed.reason,
-                    parsed.detail,
-                    parsed.stage,
-                    rec.topic,
-                    rec.partition,
-                    rec.offset,
-                    event_id=parsed.event_id,
-                )
-            )
+            dlq.append(rejected(rec, parsed))
             continue
         decision = decide(parsed, rules)
         plans.append(plan_from_decision(parsed, decision, late=window.late))
@@ -260,18 +263,7 @@ def deliver_linear(rec: SourceRecord, rules: RuleSet, cfg: StageConfig, now_ms: 
     """Validate, route and deliver one event's channels sequentially; fan-in is then trivial."""
     parsed = parse_event(rec.raw, cfg.limits)
     if not isinstance(parsed, Event):
-        return LinearResult(
-            dlq=dlq_record(
-                rec.raw,
-                parsed.reason,
-                parsed.detail,
-                parsed.stage,
-                rec.topic,
-                rec.partition,
-                rec.offset,
-                event_id=parsed.event_id,
-            )
-        )
+        return LinearResult(dlq=rejected(rec, parsed))
     decision = decide(parsed, rules)
     plan = plan_from_decision(parsed, decision)
     state, outcomes, _, _ = fanin.on_plan(None, plan, now_ms, cfg.fanin_timeout_ms)

@@ -162,25 +162,31 @@ class LocalFlinkCluster:
         require_free_port(self.rest_port, "the Flink REST API / UI")
         self._render()
         (self.home / "rest-port").write_text(str(self.rest_port))
-        bin_dir = flink_home() / "bin"
-        for script in ("jobmanager.sh", "taskmanager.sh"):
-            result = subprocess.run(
-                ["bash", str(bin_dir / script), "start"],
-                env=self.env(),
-                capture_output=True,
-                text=True,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
-            if result.returncode != 0:
-                self.stop()
-                raise StackError(f"{script} start failed: {(result.stderr or result.stdout).strip()}")
+        try:
+            for script in ("jobmanager.sh", "taskmanager.sh"):
+                self._daemon(script, "start")
+        except StackError:
+            self.stop()
+            raise
         try:
             self.wait_ready()
         except StackError:
             self.stop()
             raise
         return self
+
+    def _daemon(self, script: str, action: str) -> None:
+        """Run one of Flink's daemon scripts (``jobmanager.sh start``) with this cluster's env."""
+        result = subprocess.run(
+            ["bash", str(flink_home() / "bin" / script), action],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        if result.returncode != 0:
+            raise StackError(f"{script} {action} failed: {(result.stderr or result.stdout).strip()}")
 
     def restart_taskmanager(self) -> None:
         """Restart the TaskManager (fresh thread-mode Python interpreters; new job code)."""
@@ -190,16 +196,7 @@ class LocalFlinkCluster:
             stop_pid(pid, MARKER, timeout_s=30)
         for pid_file in (self.home / "run").glob("flink-*-taskexecutor.pid"):
             pid_file.unlink(missing_ok=True)
-        result = subprocess.run(
-            ["bash", str(flink_home() / "bin" / "taskmanager.sh"), "start"],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        if result.returncode != 0:
-            raise StackError(f"taskmanager.sh start failed: {(result.stderr or result.stdout).strip()}")
+        self._daemon("taskmanager.sh", "start")
         # the old TaskManager may stay listed until its heartbeat times out: wait for a new id
         wait_for(
             lambda: any(tm["id"] not in old for tm in self.rest("/taskmanagers").get("taskmanagers", [])),

@@ -47,20 +47,17 @@ def test_live_rule_change_and_late_events(kafka, topics):
     )
     env = build_job(kafka, cfg)
     client = env.execute_async("rules-live-test")
-    consumer = KafkaConsumer(
-        cfg.topics.outcomes,
-        bootstrap_servers=kafka.bootstrap,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    dlq = KafkaConsumer(
-        cfg.topics.dlq,
-        bootstrap_servers=kafka.bootstrap,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
+
+    def committed_reader(topic: str) -> KafkaConsumer:
+        return KafkaConsumer(
+            topic,
+            bootstrap_servers=kafka.bootstrap,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            group_id=None,
+        )
+
+    consumer, dlq = committed_reader(cfg.topics.outcomes), committed_reader(cfg.topics.dlq)
     seen: dict[str, dict] = {}
 
     def pump_until(predicate, what: str, timeout_s: float = 90.0) -> None:
