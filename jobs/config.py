@@ -94,6 +94,7 @@ class EventsConfig:
     max_batch_size: int = 500
     digest_channels: tuple[str, ...] = ()
     fanin_timeout_ms: int = 60_000
+    log_decisions: bool = False
 
 
 @dataclass(frozen=True, slots=True)
