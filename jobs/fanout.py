@@ -238,7 +238,6 @@ class JobSettings:
     stage: stages.StageConfig
     rules_path: str
     channels: tuple[str, ...]
-    fanin_linger_ms: int
     chaos_fail_once_file: str = ""
     chaos_fail_after_batches: int = 0
     code_version: str = ""
@@ -548,7 +547,6 @@ def settings_for(cfg: PipelineConfig) -> JobSettings:
         stage,
         str(rules_path),
         tuple(rules.channels),
-        cfg.events.fanin_timeout_ms,
         cfg.job.chaos_fail_once_file,
         cfg.job.chaos_fail_after_batches,
         codeversion.fingerprint(),

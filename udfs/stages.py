@@ -226,9 +226,9 @@ def fanin_timer(states: FanInStates, now_ms: int) -> tuple[list[Outcome], list[i
     timers: list[int] = []
     for event_id in list(states):
         state = states[event_id]
-        due = [t for t in _deadlines(state) if t <= now_ms]
-        if not due:
-            timers.extend(_deadlines(state))
+        deadlines = _deadlines(state)
+        if not any(t <= now_ms for t in deadlines):
+            timers.extend(deadlines)
             continue
         new, out, tms, clear = fanin.on_timer(state, now_ms)
         _store(states, event_id, new, clear)

@@ -28,7 +28,16 @@ from typing import Any
 import yaml
 
 from ops.paths import CONF_DIR, ROOT, RUN_DIR, venv_python
-from ops.proc import StackError, free_port, read_pid, require_free_port, stop_pid, tail, wait_for
+from ops.proc import (
+    StackError,
+    free_port,
+    port_in_use,
+    read_pid,
+    require_free_port,
+    stop_pid,
+    tail,
+    wait_for,
+)
 
 DAEMONS = {"jobmanager": "standalonesession", "taskmanager": "taskexecutor"}
 MARKER = "org.apache.flink.runtime"
@@ -123,7 +132,7 @@ class LocalFlinkCluster:
 
     def _render(self) -> None:
         if self.rpc_port == 0:
-            self.rpc_port = 6123 if not _taken(6123) else free_port()
+            self.rpc_port = 6123 if not port_in_use(6123) else free_port()
         for sub in ("conf", "log", "run", "checkpoints", "savepoints"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         dist_conf = flink_home() / "conf"
@@ -154,9 +163,7 @@ class LocalFlinkCluster:
         """Start JobManager and TaskManager and wait until the REST API lists a TaskManager."""
         _require_java()
         if self.pids():
-            saved = self.home / "rest-port"
-            if saved.exists():
-                self.rest_port = int(saved.read_text())
+            self.rest_port = saved_rest_port(self.home, self.rest_port)
             self.wait_ready()
             return self
         require_free_port(self.rest_port, "the Flink REST API / UI")
@@ -273,16 +280,16 @@ def _site_packages() -> str:
     return out.stdout.strip()
 
 
-def _taken(port: int) -> bool:
-    from ops.proc import port_in_use
-
-    return port_in_use(port)
-
-
 def _java_opts(home: Path) -> str:
     conf = yaml.safe_load((home / "conf" / "config.yaml").read_text())
     opts = conf.get("env", {}).get("java", {}).get("opts", {}).get("all", "")
     return str(opts)
+
+
+def saved_rest_port(home: Path, default: int) -> int:
+    """Return the REST port the cluster in ``home`` was started on, else ``default``."""
+    saved = home / "rest-port"
+    return int(saved.read_text()) if saved.exists() else default
 
 
 def default_home() -> Path:
@@ -427,9 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "render":
         return _render_main(args)
     home = default_home()
-    saved = home / "rest-port"
-    port = getattr(args, "rest_port", None) or (
-        int(saved.read_text()) if saved.exists() else int(os.environ.get("NOTIFY_FLINK_REST_PORT", "8081"))
+    port = getattr(args, "rest_port", None) or saved_rest_port(
+        home, int(os.environ.get("NOTIFY_FLINK_REST_PORT", "8081"))
     )
     cluster = LocalFlinkCluster(home=home, rest_port=port, slots=getattr(args, "slots", 8))
     try:

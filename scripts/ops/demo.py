@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ops.cluster import LocalFlinkCluster
+from ops.cluster import LocalFlinkCluster, saved_rest_port
 from ops.cluster import default_home as cluster_home
 from ops.kafka import LocalKafka
 from ops.kafka import default_home as kafka_home
@@ -35,7 +35,9 @@ def _port(home_file: Path, preferred: int) -> int:
 def stack() -> tuple[LocalKafka, LocalFlinkCluster]:
     """Return the demo's broker and cluster handles (the same ones scripts/kafka|cluster use)."""
     kafka = LocalKafka(home=kafka_home(), port=_port(kafka_home() / "port", 9092))
-    cluster = LocalFlinkCluster(home=cluster_home(), rest_port=_port(cluster_home() / "rest-port", 8081))
+    home = cluster_home()
+    rest_port = saved_rest_port(home, 8081 if not port_in_use(8081) else free_port())
+    cluster = LocalFlinkCluster(home=home, rest_port=rest_port)
     return kafka, cluster
 
 

@@ -30,17 +30,6 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes], keys: Iterable[
     return n
 
 
-def end_offsets(bootstrap: str, topic: str, isolation: str = "read_committed") -> dict[int, int]:
-    """Return the end offset of each partition of ``topic``."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level=isolation)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
-    finally:
-        consumer.close()
-
-
 def consume_all(
     bootstrap: str,
     topic: str,

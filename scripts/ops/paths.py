@@ -27,13 +27,3 @@ def venv_python() -> Path:
 def kafka_classpath() -> str:
     """Return the broker classpath (all jars fetched by scripts/setup into the cache)."""
     return str(JAR_DIR / "kafka" / "*")
-
-
-def connector_jar() -> Path:
-    """Return the Flink Kafka connector jar (passed to jobs as pipeline.jars)."""
-    jars = sorted((JAR_DIR / "flink").glob("flink-sql-connector-kafka-*.jar"))
-    if not jars:
-        raise FileNotFoundError(
-            f"The Flink Kafka connector jar is missing from {JAR_DIR / 'flink'}; run scripts/setup."
-        )
-    return jars[-1]

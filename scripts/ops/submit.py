@@ -22,7 +22,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from ops.cluster import LocalFlinkCluster
+from ops.cluster import LocalFlinkCluster, saved_rest_port
 from ops.cluster import default_home as cluster_home
 from ops.paths import ROOT
 from ops.proc import StackError
@@ -192,9 +192,7 @@ def vertex_metrics(cluster: LocalFlinkCluster, job_id: str, suffix: str) -> dict
 
 
 def _cluster() -> LocalFlinkCluster:
-    saved = cluster_home() / "rest-port"
-    port = int(saved.read_text()) if saved.exists() else 8081
-    cluster = LocalFlinkCluster(home=cluster_home(), rest_port=port)
+    cluster = LocalFlinkCluster(home=cluster_home(), rest_port=saved_rest_port(cluster_home(), 8081))
     if not cluster.pids():
         raise StackError("the local Flink cluster is not running; start it with scripts/cluster start")
     return cluster
