@@ -33,7 +33,6 @@ import argparse
 import base64
 import calendar
 import logging
-import pickle
 import sys
 import time
 import zlib
@@ -74,8 +73,16 @@ METRICS_TAG = OutputTag("metrics", PICKLED)
 
 
 def channel_tag(channel: str) -> OutputTag:
-    """Return the side output carrying one channel's batches out of the router."""
+    """Return the side output carrying one channel's (window key, batch) out of the router.
+
+    PICKLED streams carry Python objects: PyFlink pickles them once between operators.
+    """
     return OutputTag(f"channel-{channel}", PICKLED)
+
+
+def linear_tag(channel: str) -> OutputTag:
+    """Return the side output carrying one channel's records out of the linear operator."""
+    return OutputTag(f"linear-{channel}", Types.STRING())
 
 
 # --- JVM front: source table, dedup, window batching -------------------------------------------
@@ -300,9 +307,9 @@ class _RouterBase:
             counter = self.routed.get(batch.channel)
             if counter is not None:
                 counter.inc(len(batch.event_ids))
-            yield channel_tag(batch.channel), pickle.dumps((window.key, batch))
+            yield channel_tag(batch.channel), (window.key, batch)
         if routed.plans:
-            yield pickle.dumps(("plan", window.key, routed.plans))
+            yield ("plan", window.key, routed.plans)
 
 
 class Router(ProcessFunction, _RouterBase):
@@ -375,14 +382,14 @@ class Deliver(ProcessFunction):
 
     def process_element(self, value, ctx):
         """Deliver one (window key, batch)."""
-        window_key, batch = pickle.loads(value)
+        window_key, batch = value
         now_ms = int(time.time() * 1000)
         delivered = stages.deliver_to_topic(batch, window_key, now_ms)
         self.batches.inc()
         self.delivered.inc(len(delivered.results))
         yield delivered.record.decode()
-        yield RESULTS_TAG, pickle.dumps(("results", window_key, delivered.results))
-        yield METRICS_TAG, pickle.dumps(stages.batch_metrics(batch, delivered.results, self.window_ms))
+        yield RESULTS_TAG, ("results", window_key, delivered.results)
+        yield METRICS_TAG, stages.batch_metrics(batch, delivered.results, self.window_ms)
 
 
 class WindowMetricsFn(KeyedProcessFunction):
@@ -399,7 +406,7 @@ class WindowMetricsFn(KeyedProcessFunction):
 
     def process_element(self, value, ctx):
         """Merge one batch's metrics into its window (or emit it at once when late)."""
-        m: stages.BatchMetrics = pickle.loads(value)
+        m: stages.BatchMetrics = value
         if m.window_end_ms <= ctx.timer_service().current_watermark():
             yield stages.metrics_json(m, m.accumulator, late=True)
             return
@@ -449,7 +456,7 @@ class FanIn(KeyedProcessFunction):
 
     def process_element(self, value, ctx):
         """Apply a plan batch or a branch result batch."""
-        kind, _key, items = pickle.loads(value)
+        kind, _key, items = value
         states = self._load()
         now_ms = int(time.time() * 1000)
         if kind == "plan":
@@ -489,7 +496,7 @@ class Linear(ProcessFunction):
             yield DLQ_TAG, result.dlq.decode()
             return
         for channel, record in result.channel_records:
-            yield channel_tag(channel), pickle.dumps(record.decode())
+            yield linear_tag(channel), record.decode()
         if result.outcome is not None:
             yield stages.outcome_json(result.outcome)
 
@@ -578,8 +585,8 @@ def build(
         sinks.attach(main, "outcomes")
         sinks.attach(main.get_side_output(DLQ_TAG), "dlq")
         for ch in settings.channels:
-            records = main.get_side_output(channel_tag(ch)).map(pickle.loads, output_type=Types.STRING())
-            sinks.attach(records.name(f"records-{ch}"), ch)
+            records = main.get_side_output(linear_tag(ch))
+            sinks.attach(records, ch)
         return
 
     batches = t_env.to_data_stream(t_env.from_path("batches"))
@@ -614,7 +621,7 @@ def build(
         metrics.append(delivered.get_side_output(METRICS_TAG))
     outcomes = (
         routed.union(*to_fanin)
-        .key_by(lambda m: pickle.loads(m)[1], key_type=Types.STRING())
+        .key_by(lambda m: m[1], key_type=Types.STRING())
         .process(FanIn(settings), output_type=Types.STRING())
         .name("fan-in: branch status per event")
         .uid("fan-in")
@@ -623,7 +630,7 @@ def build(
     if metrics:
         per_batch = metrics[0].union(*metrics[1:]) if len(metrics) > 1 else metrics[0]
         windowed = (
-            per_batch.key_by(lambda m: pickle.loads(m).key, key_type=Types.STRING())
+            per_batch.key_by(lambda m: m.key, key_type=Types.STRING())
             .process(WindowMetricsFn(), output_type=Types.STRING())
             .name("metrics: region x channel x window")
             .uid("window-metrics")
