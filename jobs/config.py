@@ -105,6 +105,19 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """Where and how the channel branches deliver (per-channel policies in ``policies_file``)."""
+
+    # Base URL of the providers (one /v1/<channel>/bulk endpoint per channel), e.g. the
+    # simulator's http://127.0.0.1:8900. Empty = no provider calls: writing the batch to
+    # notifications.<channel> is the delivery (the topic is the hand-off to a sender).
+    provider_url: str = ""
+    policies_file: str = str(ROOT / "conf" / "delivery.yaml")
+    # how often a branch checks its in-flight provider calls (processing-time timer)
+    poll_ms: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class BranchConfig:
     """Per-channel branch shape: parallelism (0 = job parallelism) and slot sharing group."""
 
@@ -121,6 +134,7 @@ class PipelineConfig:
     job: JobConfig = field(default_factory=JobConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     branches: tuple[tuple[str, BranchConfig], ...] = ()
 
     def branch(self, channel: str) -> BranchConfig:
@@ -134,6 +148,7 @@ _SECTIONS: dict[str, type] = {
     "job": JobConfig,
     "events": EventsConfig,
     "routing": RoutingConfig,
+    "delivery": DeliveryConfig,
 }
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("kafka", "starting_offsets"): ("earliest", "latest", "committed"),

@@ -36,7 +36,7 @@ import logging
 import sys
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -59,8 +59,18 @@ from pyflink.table import DataTypes, Schema, StreamTableEnvironment
 
 from jobs import codeversion
 from jobs.config import PipelineConfig, load_config
+from jobs.dispatch import RUNNING, Dispatcher
 from jobs.flink_env import kafka_sink, kafka_source, make_env, source_watermarks
 from udfs import stages
+from udfs.delivery import (
+    ChannelPolicy,
+    PendingBatch,
+    Step,
+    dead_letter_records,
+    delivery_record,
+    load_policies,
+    new_pending,
+)
 from udfs.events import ValidationLimits
 from udfs.routing import RuleSet, load_ruleset_file, next_ruleset
 
@@ -249,6 +259,7 @@ class JobSettings:
     chaos_fail_after_batches: int = 0
     code_version: str = ""
     log_decisions: bool = False
+    address_fields: tuple[tuple[str, str], ...] = ()
 
 
 def _counter(ctx: RuntimeContext, name: str):
@@ -368,28 +379,150 @@ class BroadcastRouter(BroadcastProcessFunction, _RouterBase):
         log.info('{"msg": "rules applied", "rules_version": "%s"}', rules.version)
 
 
-class Deliver(ProcessFunction):
-    """deliver-<channel>: deliver one batch; emit the channel record, results and metrics."""
+@dataclass(frozen=True)
+class DeliverSettings:
+    """What one ``deliver-<channel>`` branch needs, pickled into it at build time."""
 
-    def __init__(self, channel: str, window_ms: int) -> None:
-        self.channel = channel
-        self.window_ms = window_ms
+    channel: str
+    window_ms: int
+    provider_url: str = ""  # empty: the channel topic is the delivery (no provider calls)
+    policy: ChannelPolicy = field(default_factory=ChannelPolicy)
+    parallelism: int = 1
+    address_field: str | None = None
+    poll_ms: int = 10
+    # Bounded runs deliver each batch to its end before taking the next: Flink fires no
+    # processing-time timer after the end of input, so nothing may be left pending then.
+    synchronous: bool = False
+
+
+class Deliver(KeyedProcessFunction):
+    """deliver-<channel>: deliver one batch (keyed by batch id); emit records, results, metrics, DLQ.
+
+    With a provider configured, the batch waits in keyed state while its bulk call runs in
+    the dispatcher's pool; a processing-time timer polls for the answer, retries after the
+    backoff, or re-checks a deferral (breaker open, rate limit). Pending batches survive a
+    failover in that state and are re-sent with the same idempotency keys.
+
+    Bounded runs (``kafka.bounded``) and an overloaded branch (more than
+    ``max_pending_batches`` waiting) deliver synchronously instead: the operator thread
+    waits out backoff and deferrals, which backpressures the branch.
+    """
+
+    def __init__(self, settings: DeliverSettings) -> None:
+        self.settings = settings
+        self.dispatcher: Dispatcher | None = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        """Register the branch's metrics."""
-        self.delivered = _counter(runtime_context, "delivered")
+        """Register state and metrics; start the dispatcher when a provider is configured."""
+        s = self.settings
+        self.state = runtime_context.get_state(ValueStateDescriptor("pending-batch", PICKLED))
         self.batches = _counter(runtime_context, "batches")
+        self.delivered = _counter(runtime_context, "delivered")
+        self.dead_lettered = _counter(runtime_context, "dead_lettered")
+        self.retries = _counter(runtime_context, "retries")
+        self.calls = _counter(runtime_context, "provider_calls")
+        self.deferred = _counter(runtime_context, "deferred")
+        if s.provider_url:
+            d = Dispatcher(
+                s.provider_url,
+                s.channel,
+                s.policy,
+                s.parallelism,
+                s.address_field,
+            )
+            self.dispatcher = d
+            group = runtime_context.get_metrics_group().add_group("notify")
+            group.gauge("breaker_state", d.breaker_state)
+            group.gauge("in_flight", lambda: d.in_flight)
+            group.gauge("pending_batches", lambda: d.pending_batches)
+
+    def close(self) -> None:
+        """Stop the dispatcher's workers."""
+        if self.dispatcher is not None:
+            self.dispatcher.close()
 
     def process_element(self, value, ctx):
-        """Deliver one (window key, batch)."""
+        """Accept one (window key, batch): deliver it, or start delivering it."""
         window_key, batch = value
         now_ms = int(time.time() * 1000)
-        delivered = stages.deliver_to_topic(batch, window_key, now_ms)
         self.batches.inc()
-        self.delivered.inc(len(delivered.results))
-        yield delivered.record.decode()
-        yield RESULTS_TAG, ("results", window_key, delivered.results)
-        yield METRICS_TAG, stages.batch_metrics(batch, delivered.results, self.window_ms)
+        d = self.dispatcher
+        if d is None:
+            delivered = stages.deliver_to_topic(batch, window_key, now_ms)
+            self.delivered.inc(len(delivered.results))
+            yield delivered.record.decode()
+            yield RESULTS_TAG, ("results", window_key, delivered.results)
+            yield METRICS_TAG, stages.batch_metrics(batch, delivered.results, self.settings.window_ms)
+            return
+        pb = new_pending(window_key, batch, now_ms)
+        busy = self.state.value() is not None  # a batch id seen twice: never overwrite its state
+        if self.settings.synchronous or busy or d.pending_batches >= d.policy.max_pending_batches:
+            yield from self._finish(pb)
+            return
+        d.pending_batches += 1
+        yield from self._advance(pb, ctx, now_ms)
+
+    def on_timer(self, timestamp, ctx):
+        """Poll for the answer, retry after the backoff, or re-check a deferral."""
+        pb: PendingBatch | None = self.state.value()
+        if pb is None or self.dispatcher is None:
+            return
+        yield from self._advance(pb, ctx, int(time.time() * 1000))
+
+    def _advance(self, pb: PendingBatch, ctx, now_ms: int):
+        d = self.dispatcher
+        assert d is not None
+        key = pb.batch.batch_id
+        polled = d.poll(key)
+        if polled == RUNNING:
+            ctx.timer_service().register_processing_time_timer(now_ms + self.settings.poll_ms)
+            self.state.update(pb)
+            return
+        if isinstance(polled, tuple):
+            yield from self._emit(pb, d.apply(pb, polled[0], polled[1], now_ms), now_ms)
+        if pb.complete:
+            self.state.clear()
+            d.pending_batches = max(0, d.pending_batches - 1)
+            return
+        timers = ctx.timer_service()
+        if pb.next_due_ms > now_ms:
+            timers.register_processing_time_timer(pb.next_due_ms)
+        else:
+            wait_s, indexes = d.admit(pb, time.monotonic())
+            if wait_s > 0:
+                self.deferred.inc()
+                timers.register_processing_time_timer(now_ms + max(1, int(wait_s * 1000)))
+            else:
+                d.start(key, pb, indexes)
+                self.calls.inc()
+                timers.register_processing_time_timer(now_ms + self.settings.poll_ms)
+        self.state.update(pb)
+
+    def _finish(self, pb: PendingBatch):
+        d = self.dispatcher
+        assert d is not None
+        for step in d.deliver_blocking(f"sync:{pb.batch.batch_id}", pb):
+            self.calls.inc()
+            yield from self._emit(pb, step, int(time.time() * 1000))
+
+    def _emit(self, pb: PendingBatch, step: Step, now_ms: int):
+        s = self.settings
+        record = delivery_record(pb, step, now_ms)
+        if record is not None:
+            self.delivered.inc(sum(len(m.event_ids) for m, _, _, _ in step.delivered))
+            yield record.decode()
+        if step.retried:
+            self.retries.inc(step.retried)
+        for raw in dead_letter_records(pb, step, f"deliver-{s.channel}", s.address_field, now_ms):
+            self.dead_lettered.inc()
+            yield DLQ_TAG, raw.decode()
+        if step.results:
+            yield RESULTS_TAG, ("results", pb.window_key, step.results)
+            yield (
+                METRICS_TAG,
+                stages.batch_metrics(pb.batch, step.results, s.window_ms, observe=not pb.observed),
+            )
+            pb.observed = True
 
 
 class WindowMetricsFn(KeyedProcessFunction):
@@ -477,28 +610,62 @@ class FanIn(KeyedProcessFunction):
 class Linear(ProcessFunction):
     """linear: validate, route and deliver each event's channels one after another."""
 
-    def __init__(self, settings: JobSettings) -> None:
+    def __init__(self, settings: JobSettings, branches: tuple[DeliverSettings, ...] = ()) -> None:
         self.settings = settings
+        self.branches = branches
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        """Load the routing table and register metrics."""
+        """Load the routing table, register metrics, connect the providers (if configured)."""
         self.rules = _open_rules(self.settings)
         self.events_in = _counter(runtime_context, "events_in")
         self.dlq_out = _counter(runtime_context, "dlq")
+        self.dispatchers = {
+            b.channel: Dispatcher(b.provider_url, b.channel, b.policy, b.parallelism, b.address_field)
+            for b in self.branches
+            if b.provider_url
+        }
+
+    def close(self) -> None:
+        """Close the provider connections."""
+        for d in self.dispatchers.values():
+            d.close()
 
     def process_element(self, value, ctx):
         """Handle one deduplicated record."""
         rec = stages.SourceRecord(base64.b64decode(value[0]), value[1], value[2], value[3])
         self.events_in.inc()
-        result = stages.deliver_linear(rec, self.rules, self.settings.stage, int(time.time() * 1000))
-        if result.dlq is not None:
-            self.dlq_out.inc()
-            yield DLQ_TAG, result.dlq.decode()
+        now_ms = int(time.time() * 1000)
+        if not self.dispatchers:
+            result = stages.deliver_linear(rec, self.rules, self.settings.stage, now_ms)
+            if result.dlq is not None:
+                self.dlq_out.inc()
+                yield DLQ_TAG, result.dlq.decode()
+                return
+            for channel, record in result.channel_records:
+                yield linear_tag(channel), record.decode()
+            if result.outcome is not None:
+                yield stages.outcome_json(result.outcome)
             return
-        for channel, record in result.channel_records:
-            yield linear_tag(channel), record.decode()
-        if result.outcome is not None:
-            yield stages.outcome_json(result.outcome)
+        plan = stages.plan_linear(rec, self.rules, self.settings.stage, now_ms)
+        if plan.dlq is not None:
+            self.dlq_out.inc()
+            yield DLQ_TAG, plan.dlq.decode()
+            return
+        for batch in plan.batches:  # one channel after another, each to its end
+            d = self.dispatchers[batch.channel]
+            pb = new_pending(batch.event_ids[0], batch, now_ms)
+            for step in d.deliver_blocking(batch.batch_id, pb):
+                step_ms = int(time.time() * 1000)
+                delivered = delivery_record(pb, step, step_ms)
+                if delivered is not None:
+                    yield linear_tag(batch.channel), delivered.decode()
+                stage = f"deliver-{batch.channel}"
+                for raw in dead_letter_records(pb, step, stage, d.address_field, step_ms):
+                    self.dlq_out.inc()
+                    yield DLQ_TAG, raw.decode()
+                stages.linear_results(plan, step.results, step_ms)
+        for outcome in plan.outcomes:
+            yield stages.outcome_json(outcome)
 
 
 # --- sinks and graph ---------------------------------------------------------------------------
@@ -558,6 +725,31 @@ def settings_for(cfg: PipelineConfig) -> JobSettings:
         cfg.job.chaos_fail_after_batches,
         codeversion.fingerprint(),
         cfg.events.log_decisions,
+        tuple(sorted((ch, f) for ch, f in rules.addresses.items() if f)),
+    )
+
+
+def deliver_settings(
+    cfg: PipelineConfig, settings: JobSettings, channel: str, parallelism: int
+) -> DeliverSettings:
+    """Build one branch's settings: its policy from ``delivery.policies_file``."""
+    policy = ChannelPolicy()
+    if cfg.delivery.provider_url:
+        path = Path(cfg.delivery.policies_file)
+        path = path if path.is_absolute() else ROOT / path
+        try:
+            policy = load_policies(str(path), [channel])[channel]
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"error: delivery policy {path}: {exc}") from exc
+    return DeliverSettings(
+        channel,
+        cfg.events.window_ms,
+        cfg.delivery.provider_url,
+        policy,
+        parallelism,
+        dict(settings.address_fields).get(channel),
+        cfg.delivery.poll_ms,
+        cfg.kafka.bounded,
     )
 
 
@@ -577,8 +769,9 @@ def build(
         rows = t_env.to_data_stream(
             t_env.sql_query("SELECT TO_BASE64(`raw`), src_topic, src_partition, src_offset FROM deduped")
         )
+        branches = tuple(deliver_settings(cfg, settings, ch, cfg.job.parallelism) for ch in settings.channels)
         main = (
-            rows.process(Linear(settings), output_type=Types.STRING())
+            rows.process(Linear(settings, branches), output_type=Types.STRING())
             .name("linear: route + deliver")
             .uid("linear")
         )
@@ -603,22 +796,27 @@ def build(
             .name("route: validate + decide + plan")
             .uid("route")
         )
-    sinks.attach(routed.get_side_output(DLQ_TAG), "dlq")
+    dlq: list[DataStream] = [routed.get_side_output(DLQ_TAG)]
     to_fanin: list[DataStream] = []
     metrics: list[DataStream] = []
     for ch in settings.channels:
         branch = cfg.branch(ch)
+        parallelism = branch.parallelism or cfg.job.parallelism
+        group = branch.slot_sharing_group or f"channel-{ch}"
         delivered = (
             routed.get_side_output(channel_tag(ch))
-            .process(Deliver(ch, cfg.events.window_ms), output_type=Types.STRING())
+            .key_by(lambda v: v[1].batch_id, key_type=Types.STRING())
+            .process(Deliver(deliver_settings(cfg, settings, ch, parallelism)), output_type=Types.STRING())
             .name(f"deliver-{ch}")
             .uid(f"deliver-{ch}")
-            .set_parallelism(branch.parallelism or cfg.job.parallelism)
-            .slot_sharing_group(branch.slot_sharing_group or f"channel-{ch}")
+            .set_parallelism(parallelism)
+            .slot_sharing_group(group)
         )
         sinks.attach(delivered, ch)
         to_fanin.append(delivered.get_side_output(RESULTS_TAG))
         metrics.append(delivered.get_side_output(METRICS_TAG))
+        dlq.append(delivered.get_side_output(DLQ_TAG))
+    sinks.attach(dlq[0].union(*dlq[1:]) if len(dlq) > 1 else dlq[0], "dlq")
     outcomes = (
         routed.union(*to_fanin)
         .key_by(lambda m: m[1], key_type=Types.STRING())

@@ -15,6 +15,7 @@ from ops.cluster import LocalFlinkCluster
 from ops.kafka import LocalKafka
 from ops.kafka_io import fresh_name
 from ops.proc import free_port
+from ops.provider_sim import ProviderSim, SimClient
 
 
 def _sigterm(signum: int, frame: object) -> None:
@@ -57,3 +58,23 @@ def flink_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFli
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def provider_sim_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderSim]:
+    """The provider simulator (conf/providers.yaml, SQLite ledger) on a free loopback port."""
+    sim = ProviderSim("conf/providers.yaml", tmp_path_factory.mktemp("sim") / "ledger.db", seed=3)
+    try:
+        sim.start("127.0.0.1", 0)
+        yield sim
+    finally:
+        sim.stop()
+
+
+@pytest.fixture
+def provider_sim(provider_sim_server: ProviderSim) -> Iterator[SimClient]:
+    """An admin client of the session simulator, reset (empty ledger, configured behaviour) per test."""
+    with SimClient(provider_sim_server.url, timeout_s=10) as client:
+        client.reset()
+        yield client
+        client.reset()

@@ -52,8 +52,12 @@ class Window:
 
     @property
     def batch_prefix(self) -> str:
-        """Return the batch-id prefix: the key without the window start (region|bucket)."""
-        return self.key.rsplit("|", 1)[0]
+        """Return the batch-id prefix: the key without the window start (region|bucket).
+
+        A single-record window keeps its whole key (it ends in a digest of the record), so two
+        records of one region with the same timestamp never share a batch id.
+        """
+        return self.key if self.key.startswith("single|") else self.key.rsplit("|", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +175,18 @@ class BatchMetrics:
     accumulator: MetricsAccumulator
 
 
-def batch_metrics(batch: Batch, results: Sequence[BranchResult], window_ms: int) -> BatchMetrics:
-    """Return a batch's metrics, placed in the tumbling window that contains its window start."""
+def batch_metrics(
+    batch: Batch, results: Sequence[BranchResult], window_ms: int, observe: bool = True
+) -> BatchMetrics:
+    """Return a batch's metrics, placed in the tumbling window that contains its window start.
+
+    ``observe`` adds the batch's size to the batch-size statistics: once per batch, also
+    when its results arrive in several steps (retries).
+    """
     start = batch.window_start_ms - batch.window_start_ms % window_ms
-    acc = MetricsAccumulator().add(BatchObservation(len(batch.items)))
+    acc = MetricsAccumulator()
+    if observe:
+        acc.add(BatchObservation(len(batch.items)))
     for result in results:
         acc.add(result)
     key = f"{batch.region}|{batch.channel}|{start}"
@@ -259,26 +271,54 @@ class LinearResult:
     decision: dict[str, Any] | None = None
 
 
-def deliver_linear(rec: SourceRecord, rules: RuleSet, cfg: StageConfig, now_ms: int) -> LinearResult:
-    """Validate, route and deliver one event's channels sequentially; fan-in is then trivial."""
+@dataclass(slots=True)
+class LinearPlan:
+    """One record's sequential plan: a DLQ record, or its fan-in state and one batch per channel."""
+
+    dlq: bytes | None = None
+    state: FanInState | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    batches: tuple[Batch, ...] = ()
+    decision: dict[str, Any] | None = None
+
+
+def plan_linear(rec: SourceRecord, rules: RuleSet, cfg: StageConfig, now_ms: int) -> LinearPlan:
+    """Validate and route one record; return its fan-in state and a one-message batch per channel."""
     parsed = parse_event(rec.raw, cfg.limits)
     if not isinstance(parsed, Event):
-        return LinearResult(dlq=rejected(rec, parsed))
+        return LinearPlan(dlq=rejected(rec, parsed))
     decision = decide(parsed, rules)
     plan = plan_from_decision(parsed, decision)
     state, outcomes, _, _ = fanin.on_plan(None, plan, now_ms, cfg.fanin_timeout_ms)
-    records: list[tuple[str, bytes]] = []
+    batches = []
     for ch in decision.channels:
         item = item_for(parsed, ch, address_for(parsed, ch, rules))
         (batch,) = make_batches(
-            [item], parsed.region, ch, parsed.occurred_at_ms, parsed.occurred_at_ms, 1, False
+            [item], parsed.region, ch, parsed.occurred_at_ms, parsed.occurred_at_ms, 1, False, parsed.event_id
         )
-        delivered = deliver_to_topic(batch, parsed.event_id, now_ms)
-        records.append((ch, delivered.record))
-        for result in delivered.results:
-            state, out, _, _ = fanin.on_result(state, result, now_ms)
-            outcomes.extend(out)
-    return LinearResult(None, tuple(records), outcomes[0] if outcomes else None, decision.log_fields())
+        batches.append(batch)
+    return LinearPlan(None, state, outcomes, tuple(batches), decision.log_fields())
+
+
+def linear_results(plan: LinearPlan, results: Iterable[BranchResult], now_ms: int) -> None:
+    """Fold one channel's branch results into the sequential plan (its outcome when complete)."""
+    for result in results:
+        plan.state, out, _, _ = fanin.on_result(plan.state, result, now_ms)
+        plan.outcomes.extend(out)
+
+
+def deliver_linear(rec: SourceRecord, rules: RuleSet, cfg: StageConfig, now_ms: int) -> LinearResult:
+    """Validate, route and deliver one event's channels sequentially (to the channel topics)."""
+    plan = plan_linear(rec, rules, cfg, now_ms)
+    if plan.dlq is not None:
+        return LinearResult(dlq=plan.dlq)
+    records: list[tuple[str, bytes]] = []
+    for batch in plan.batches:
+        delivered = deliver_to_topic(batch, batch.event_ids[0], now_ms)
+        records.append((batch.channel, delivered.record))
+        linear_results(plan, delivered.results, now_ms)
+    outcome = plan.outcomes[0] if plan.outcomes else None
+    return LinearResult(None, tuple(records), outcome, plan.decision)
 
 
 def outcome_json(outcome: Outcome) -> str:

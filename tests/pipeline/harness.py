@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
+import yaml
 from pyflink.table import StreamTableEnvironment
 
 from jobs import fanout
@@ -136,3 +138,25 @@ def assert_exactly_once(out: dict[str, list[dict]], planned: dict, invalid: int,
     assert len(windows) == len(set(windows)), "a window's metrics were emitted twice"
     assert all(m["window_end_ms"] - m["window_start_ms"] == 1000 for m in out["metrics"])
     assert all(m["latency_ms"]["p50"] <= m["latency_ms"]["p99"] for m in out["metrics"])
+
+
+def delivery_overrides(sim_url: str, policies: Path, policy: dict) -> list[str]:
+    """Write a delivery policy file (``defaults`` = ``policy``) and return the job overrides."""
+    policies.write_text(yaml.safe_dump({"defaults": policy}))
+    return [f"delivery.provider_url={sim_url}", f"delivery.policies_file={policies}", "delivery.poll_ms=5"]
+
+
+FAST_RETRIES = {
+    "request_timeout_s": 2.0,
+    "retry": {"initial_interval": 0.05, "maximum_interval": 0.5, "maximum_attempts": 12},
+    "breaker": {"minimum_number_of_calls": 10, "sliding_window_size": 20, "wait_duration_in_open_state": 1.0},
+}
+
+
+def ledger_pairs(client) -> list[tuple[str, str]]:
+    """Every accepted (event, channel) at the provider, one entry per accepted message."""
+    return [(eid, row["channel"]) for row in client.ledger() for eid in row["event_ids"]]
+
+
+def planned_pairs(planned: dict[str, tuple[str, ...]]) -> set[tuple[str, str]]:
+    return {(eid, ch) for eid, chs in planned.items() for ch in chs}

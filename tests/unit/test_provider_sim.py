@@ -15,9 +15,9 @@ import pytest
 
 from ops.provider_sim import (
     PortInUseError,
-    ProviderClient,
     ProviderSim,
     ProviderSimError,
+    SimClient,
     load_config,
 )
 from udfs.delivery_policy import ErrorClass, RetryPolicy, classify
@@ -47,7 +47,7 @@ class Sim:
         self.sim = ProviderSim(config, ledger, seed=seed)
         host, port = self.sim.start("127.0.0.1", 0)
         self.url = f"http://{host}:{port}"
-        self.client = ProviderClient(self.url, timeout_s=5)
+        self.client = SimClient(self.url, timeout_s=5)
 
     def stop(self) -> None:
         self.client.close()
@@ -413,7 +413,7 @@ def test_cli_prints_port_writes_port_file_and_stops_on_sigterm(tmp_path: Path) -
         assert line.startswith("provider-sim listening on http://127.0.0.1:")
         port = int(line.rsplit(":", 1)[1])
         assert port > 0 and port_file.read_text().strip() == str(port)
-        with ProviderClient(f"http://127.0.0.1:{port}") as c:
+        with SimClient(f"http://127.0.0.1:{port}") as c:
             assert c.send("email", msg(1), "k1").status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0

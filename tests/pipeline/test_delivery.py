@@ -1,0 +1,98 @@
+"""Provider delivery on the MiniCluster against the provider simulator (a real HTTP peer).
+
+The simulator's ledger is the oracle for "delivered exactly once at the provider": it holds
+one row per accepted idempotency key and counts replays separately.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import orjson
+import pytest
+
+from ops.kafka_io import produce
+from tests.builders import event_bytes, make_recipient
+from tests.pipeline.harness import (
+    FAST_RETRIES,
+    delivery_overrides,
+    expected,
+    ledger_pairs,
+    planned_pairs,
+    run_job,
+)
+from udfs.generator import generate_events
+
+pytestmark = pytest.mark.pipeline
+
+
+def test_transient_errors_every_delivery_exactly_once_at_the_provider(kafka, topics, provider_sim, tmp_path):
+    for ch in ("email", "sms", "push"):
+        provider_sim.set_behaviour(ch, {"error_rate": 0.2})
+    records = list(generate_events(400, seed=31, dup_rate=0.05, bad_rate=0.02, late_rate=0.0))
+    produce(kafka.bootstrap, topics.events, records)
+    planned, invalid = expected(records)
+    extra = delivery_overrides(provider_sim_url(provider_sim), tmp_path / "d.yaml", FAST_RETRIES)
+    out = run_job(kafka, topics, "fanout", 2, "transient", extra=extra)
+
+    pairs = ledger_pairs(provider_sim)
+    assert len(pairs) == len(set(pairs)), "a message was accepted twice by the provider"
+    assert set(pairs) == planned_pairs(planned)
+    assert len(out["dlq"]) == invalid and all(d["stage"] == "validate" for d in out["dlq"])
+    outcomes = {o["event_id"]: o for o in out["outcomes"]}
+    assert set(outcomes) == set(planned) and all(o["complete"] for o in outcomes.values())
+    lines = [
+        line for o in outcomes.values() for line in o["channels"].values() if line["status"] != "skipped"
+    ]
+    assert all(line["status"] == "delivered" for line in lines)
+    assert max(line["attempts"] for line in lines) > 1, "20% errors but nothing was retried?"
+    stats = provider_sim.stats()["channels"]
+    assert sum(c["errors"].get("unavailable", 0) for c in stats.values()) > 0
+    # the channel topics carry each delivered (event, channel) once, with its attempts
+    topic_pairs = [
+        (eid, b["channel"])
+        for ch in ("email", "sms", "push")
+        for b in out[ch]
+        for m in b["messages"]
+        for eid in m["event_ids"]
+    ]
+    assert sorted(topic_pairs) == sorted(pairs)
+
+
+def provider_sim_url(client) -> str:
+    return f"http://{client.host}:{client.port}"
+
+
+def test_permanently_failing_recipient_is_dead_lettered_with_its_reason(
+    kafka, topics, provider_sim, tmp_path
+):
+    good = [
+        event_bytes(event_id=f"ok-{i}", region="eu-west", priority="high", recipient=make_recipient())
+        for i in range(5)
+    ]
+    bad = event_bytes(
+        event_id="bad-1",
+        region="eu-west",
+        priority="high",
+        recipient=make_recipient(email="invalid-user@example.com"),
+    )
+    produce(kafka.bootstrap, topics.events, [*good, bad])
+    planned, _ = expected([*good, bad])
+    extra = delivery_overrides(provider_sim_url(provider_sim), tmp_path / "d.yaml", FAST_RETRIES)
+    out = run_job(kafka, topics, "fanout", 1, "permanent", extra=extra)
+
+    dead = [d for d in out["dlq"] if d["stage"].startswith("deliver-")]
+    assert [(d["event_id"], d["stage"], d["reason"]) for d in dead] == [
+        ("bad-1", "deliver-email", "non_retryable")
+    ]
+    assert dead[0]["extra"]["attempts"] == 1 and "invalid_recipient" in dead[0]["extra"]["last_error"]
+    assert dead[0]["extra"]["idempotency_key"] == "bad-1:email"
+    original = orjson.loads(dead[0]["original"])  # a redrivable event for that channel only
+    assert original["event_id"] == "bad-1" and set(original["recipient"]) == {"email"}
+    outcome = next(o for o in out["outcomes"] if o["event_id"] == "bad-1")
+    assert outcome["channels"]["email"]["status"] == "dead_lettered"
+    assert "invalid_recipient" in outcome["channels"]["email"]["error"]
+    # the other channels of the same event, and every other event, were delivered
+    delivered = collections.Counter(ledger_pairs(provider_sim))
+    assert ("bad-1", "email") not in delivered
+    assert set(delivered) == planned_pairs(planned) - {("bad-1", "email")}
