@@ -160,3 +160,36 @@ def ledger_pairs(client) -> list[tuple[str, str]]:
 
 def planned_pairs(planned: dict[str, tuple[str, ...]]) -> set[tuple[str, str]]:
     return {(eid, ch) for eid, chs in planned.items() for ch in chs}
+
+
+def live_event(label: str, n: int, **overrides) -> bytes:
+    """A valid event happening now (unbounded runs: live events move event time on)."""
+    import time
+
+    import orjson
+
+    from tests.builders import make_event, make_recipient
+    from udfs.events import format_timestamp_ms
+
+    fields = {
+        "event_id": f"{label}-{n}-{time.monotonic_ns()}",
+        "priority": "high",
+        "occurred_at": format_timestamp_ms(int(time.time() * 1000)),
+        "recipient": make_recipient(),
+        **overrides,
+    }
+    return orjson.dumps(make_event(**fields))
+
+
+def wait_until(predicate, what: str, timeout_s: float, tick=None, every_s: float = 0.5) -> float:
+    """Call ``tick`` and poll ``predicate`` until it holds; return the seconds it took."""
+    import time
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if tick is not None:
+            tick()
+        if predicate():
+            return time.monotonic() - t0
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -1,0 +1,103 @@
+"""Provider delivery in a running (unbounded) job: an outage of one channel.
+
+The breaker of the failing channel opens and its deliveries wait in keyed state (deferred,
+not failed), the other channels keep delivering meanwhile, and when the outage ends every
+deferred delivery arrives exactly once at the provider.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ops.kafka_io import consume_all, produce
+from tests.pipeline.harness import (
+    build_job,
+    delivery_overrides,
+    job_config,
+    ledger_pairs,
+    live_event,
+    wait_until,
+)
+from udfs.events import ValidationLimits, parse_event
+from udfs.routing import decide, load_ruleset_file
+
+pytestmark = pytest.mark.pipeline
+
+OUTAGE_POLICY = {
+    "request_timeout_s": 2.0,
+    "retry": {"initial_interval": 0.05, "maximum_interval": 0.5, "maximum_attempts": 0},
+    "breaker": {
+        "minimum_number_of_calls": 5,
+        "sliding_window_size": 10,
+        "wait_duration_in_open_state": 1.0,
+        "permitted_number_of_calls_in_half_open_state": 1,
+    },
+}
+
+
+def test_outage_of_one_channel_defers_it_while_the_others_keep_flowing(kafka, topics, provider_sim, tmp_path):
+    rules = load_ruleset_file("conf/routing.yaml")
+    url = f"http://{provider_sim.host}:{provider_sim.port}"
+    extra = [
+        "kafka.bounded=false",
+        "events.window_ms=500",
+        "events.idle_timeout_ms=1000",
+        *delivery_overrides(url, tmp_path / "d.yaml", OUTAGE_POLICY),
+    ]
+    cfg = job_config(kafka, topics, "fanout", 1, "outage", extra=extra)
+    env = build_job(kafka, cfg)
+    provider_sim.set_outage("sms", True)
+    client = env.execute_async("delivery-outage-test")
+    sent: list[bytes] = []
+
+    def send(label: str, n: int) -> None:
+        batch = [live_event(label, i) for i in range(n)]
+        produce(kafka.bootstrap, cfg.topics.events, batch)
+        sent.extend(batch)
+
+    def planned(ticks: bool = False) -> set[tuple[str, str]]:
+        """Planned (event, channel) pairs; ticks (sent only to move event time on) on request."""
+        out = set()
+        for raw in sent:
+            ev = parse_event(raw, ValidationLimits())
+            if ticks or not ev.event_id.startswith("tick-"):
+                out |= {(ev.event_id, ch) for ch in decide(ev, rules).channels}
+        return out
+
+    def delivered(channels: tuple[str, ...]) -> bool:
+        want = {p for p in planned() if p[1] in channels}
+        return want <= set(ledger_pairs(provider_sim))
+
+    try:
+        outage_t0 = time.monotonic()
+        for second in range(6):  # six seconds of traffic during the sms outage
+            send(f"s{second}", 40)
+            time.sleep(1.0)
+        took = wait_until(
+            lambda: delivered(("email", "push")),
+            "email and push during the sms outage",
+            30,
+            lambda: send("tick", 1),
+        )
+        during = time.monotonic() - outage_t0
+        sms_stats = provider_sim.stats()["channels"]["sms"]
+        assert provider_sim.ledger_count("sms") == 0
+        assert {ch for _, ch in planned()} >= {"email", "sms", "push"}
+        # The breaker turned most calls into deferrals: far fewer sms requests than batches
+        # and retries would have made (one batch per window and bucket, retried every <= 0.5 s).
+        sms_batches = provider_sim.stats()["channels"]["email"]["requests"]  # one call per batch
+        assert sms_stats["requests"] < sms_batches, (sms_stats, sms_batches)
+        provider_sim.set_outage("sms", False)
+        wait_until(
+            lambda: delivered(("email", "sms", "push")), "sms after the outage", 60, lambda: send("tick", 1)
+        )
+        pairs = ledger_pairs(provider_sim)
+        assert len(pairs) == len(set(pairs)), "a message was accepted twice"
+        assert planned() <= set(pairs) <= planned(ticks=True)
+        dlq = [r for r in consume_all(kafka.bootstrap, cfg.topics.dlq)]
+        assert dlq == []
+        print(f"email+push complete {took:.1f} s after the last send, {during:.1f} s into the sms outage")
+    finally:
+        client.cancel().result()
