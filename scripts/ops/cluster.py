@@ -195,12 +195,16 @@ class LocalFlinkCluster:
         if result.returncode != 0:
             raise StackError(f"{script} {action} failed: {(result.stderr or result.stdout).strip()}")
 
-    def restart_taskmanager(self) -> None:
-        """Restart the TaskManager (fresh thread-mode Python interpreters; new job code)."""
+    def restart_taskmanager(self, kill: bool = False) -> None:
+        """Restart the TaskManager (fresh thread-mode Python interpreters; new job code).
+
+        ``kill=True`` kills it with SIGKILL first (a crash: no clean shutdown, running
+        tasks fail and the job recovers from its last checkpoint).
+        """
         old = {tm["id"] for tm in self.rest("/taskmanagers").get("taskmanagers", [])}
         pid = self.pids().get("taskmanager")
         if pid is not None:
-            stop_pid(pid, MARKER, timeout_s=30)
+            stop_pid(pid, MARKER, timeout_s=0 if kill else 30)
         for pid_file in (self.home / "run").glob("flink-*-taskexecutor.pid"):
             pid_file.unlink(missing_ok=True)
         self._daemon("taskmanager.sh", "start")

@@ -100,15 +100,16 @@ def read_pid(pid_file: Path) -> int | None:
 
 
 def stop_pid(pid: int, marker: str, timeout_s: float = 20.0) -> bool:
-    """Stop ``pid`` (TERM, then KILL) if its command line contains ``marker``.
+    """Stop ``pid`` (TERM, then KILL after ``timeout_s``; 0 = KILL at once) if it is ours.
 
     The marker check protects against pid reuse: we only ever stop processes we started.
     Returns True when a process was stopped.
     """
     if not pid_alive(pid) or marker not in pid_cmdline(pid):
         return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+    if timeout_s > 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not pid_alive(pid):
