@@ -96,3 +96,49 @@ def test_permanently_failing_recipient_is_dead_lettered_with_its_reason(
     delivered = collections.Counter(ledger_pairs(provider_sim))
     assert ("bad-1", "email") not in delivered
     assert set(delivered) == planned_pairs(planned) - {("bad-1", "email")}
+
+
+def test_redrive_replays_exhausted_deliveries_without_delivering_anything_twice(
+    kafka, topics, topic, provider_sim, tmp_path
+):
+    from ops import redrive
+
+    records = [
+        event_bytes(event_id=f"rd-{i}", region="us-east", priority="high", recipient=make_recipient())
+        for i in range(12)
+    ]
+    produce(kafka.bootstrap, topics.events, records)
+    planned, _ = expected(records)
+    assert all("sms" in chs for chs in planned.values())
+    policy = {
+        **FAST_RETRIES,
+        "retry": {"initial_interval": 0.01, "maximum_attempts": 2},
+        "breaker": {"minimum_number_of_calls": 100},
+    }
+    url = provider_sim_url(provider_sim)
+    provider_sim.set_outage("sms", True)
+    out = run_job(
+        kafka, topics, "fanout", 1, "rd1", extra=delivery_overrides(url, tmp_path / "d.yaml", policy)
+    )
+    dead = [d for d in out["dlq"] if d["stage"] == "deliver-sms"]
+    assert sorted(d["event_id"] for d in dead) == sorted(planned)
+    assert {d["reason"] for d in dead} == {"retries_exhausted"} and {
+        d["extra"]["attempts"] for d in dead
+    } == {2}
+    before = collections.Counter(ch for _, ch in ledger_pairs(provider_sim))
+    assert before["sms"] == 0 and before["email"] == len(planned)
+
+    provider_sim.set_outage("sms", False)
+    replay_topic = topic("replay")
+    redrive.main(["--bootstrap", kafka.bootstrap, "--dlq", f"{topics.dlq}-rd1", "--events", replay_topic])
+    replay = topics.__class__(**{**topics.__dict__, "events": replay_topic})
+    out2 = run_job(
+        kafka, replay, "fanout", 1, "rd2", extra=delivery_overrides(url, tmp_path / "d.yaml", policy)
+    )
+
+    pairs = ledger_pairs(provider_sim)
+    assert len(pairs) == len(set(pairs)) and set(pairs) == planned_pairs(planned)
+    assert provider_sim.stats()["channels"]["email"]["duplicates"] == 0  # email was not even retried
+    assert sorted(o["event_id"] for o in out2["outcomes"]) == sorted(planned)
+    assert all(o["channels"]["sms"]["status"] == "delivered" for o in out2["outcomes"])
+    assert out2["dlq"] == []
