@@ -2,7 +2,8 @@
 
 Usage (``scripts/cluster``)::
 
-    scripts/cluster start [--rest-port 8081] [--slots 8]   # JobManager + one TaskManager
+    scripts/cluster start [--rest-port 8081] [--slots 8] [--prometheus]
+                                                           # JobManager + one TaskManager
     scripts/cluster status
     scripts/cluster stop                                   # stops only the daemons it started
     scripts/cluster render --conf-dir DIR [--rpc-host jobmanager] [--bind-host 0.0.0.0]
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,12 +44,45 @@ from ops.proc import (
 DAEMONS = {"jobmanager": "standalonesession", "taskmanager": "taskexecutor"}
 MARKER = "org.apache.flink.runtime"
 
+PROMETHEUS_PORTS = "9249-9260"
+"""Ports the Prometheus reporter may bind, one per daemon (JobManager, TaskManager)."""
+
+PROMETHEUS_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+
+PROMETHEUS_STARTED = re.compile(r"Started PrometheusReporter HTTP server on port (\d+)")
+
+
+def prometheus_options(ports: str = PROMETHEUS_PORTS) -> dict[str, Any]:
+    """Return the Flink options that switch on the Prometheus reporter (``/metrics`` on ``ports``).
+
+    The same keys are documented, commented out, in ``conf/flink/config.yaml``.
+    """
+    return {
+        "metrics.reporter.prom.factory.class": PROMETHEUS_FACTORY,
+        "metrics.reporter.prom.port": ports,
+    }
+
 
 def flink_home() -> Path:
     """Return the Flink distribution inside the installed pyflink package."""
     import pyflink
 
     return Path(pyflink.__file__).resolve().parent
+
+
+def plugins_dir() -> Path:
+    """Return the daemons' plugins folder (FLINK_PLUGINS_DIR): the distribution's ``plugins/``.
+
+    The pip-installed distribution ships the metric reporters there, each in its own
+    sub-folder (e.g. ``metrics-prometheus/flink-metrics-prometheus-<version>.jar``).
+    """
+    return flink_home() / "plugins"
+
+
+def prometheus_jar() -> Path | None:
+    """Return the Prometheus reporter plugin jar, or None when the distribution lacks it."""
+    jars = sorted((plugins_dir() / "metrics-prometheus").glob("flink-metrics-prometheus-*.jar"))
+    return jars[-1] if jars else None
 
 
 def _require_java() -> None:
@@ -65,6 +100,8 @@ class LocalFlinkCluster:
     slots: int = 8
     start_timeout_s: float = 90.0
     extra: dict[str, Any] | None = None
+    prometheus: bool = False
+    """Switch on the Prometheus reporter (:func:`prometheus_options`) in the rendered config."""
 
     @property
     def conf_dir(self) -> Path:
@@ -87,6 +124,7 @@ class LocalFlinkCluster:
         env["FLINK_CONF_DIR"] = str(self.conf_dir)
         env["FLINK_LOG_DIR"] = str(self.log_dir)
         env["FLINK_LIB_DIR"] = str(self.lib_dir())
+        env["FLINK_PLUGINS_DIR"] = str(plugins_dir())
         env["PATH"] = f"{venv_python().parent}{os.pathsep}{env.get('PATH', '')}"
         return env
 
@@ -127,8 +165,25 @@ class LocalFlinkCluster:
         )
         # The project's packages, for workers that do not use the editable install.
         conf["env.java.opts.all"] = _java_opts(flink_home())
+        if self.prometheus:
+            conf.update(prometheus_options())
         conf.update(self.extra or {})
         return conf
+
+    def prometheus_ports(self) -> dict[str, int]:
+        """Return ``{daemon: port}`` of the running Prometheus endpoints, read from the daemons' logs.
+
+        Each daemon takes the first free port of ``metrics.reporter.prom.port``; empty when the
+        reporter is off (or has not started yet).
+        """
+        found: dict[str, int] = {}
+        for role, daemon in DAEMONS.items():
+            log = self._log(daemon)
+            if log.exists():
+                ports = PROMETHEUS_STARTED.findall(log.read_text(errors="replace"))
+                if ports:
+                    found[role] = int(ports[-1])
+        return found
 
     def _render(self) -> None:
         if self.rpc_port == 0:
@@ -232,7 +287,8 @@ class LocalFlinkCluster:
         )
 
     def _log(self, daemon: str) -> Path:
-        logs = sorted(self.log_dir.glob(f"flink-*-{daemon}-*.log"))
+        # the newest by time: a name sort would pick a stale "-1-" log of an earlier second TaskManager
+        logs = sorted(self.log_dir.glob(f"flink-*-{daemon}-*.log"), key=lambda p: p.stat().st_mtime)
         return logs[-1] if logs else self.log_dir / "missing.log"
 
     def rest(self, path: str, method: str = "GET", body: dict[str, Any] | None = None) -> Any:
@@ -405,6 +461,24 @@ def _render_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rendered_with_prometheus(cluster: LocalFlinkCluster) -> bool:
+    """Say whether the cluster's rendered config.yaml has the Prometheus reporter on."""
+    path = cluster.conf_dir / "config.yaml"
+    if not path.exists():
+        return False
+    conf = yaml.safe_load(path.read_text()) or {}
+    return "metrics.reporter.prom.factory.class" in conf
+
+
+def _print_prometheus(cluster: LocalFlinkCluster) -> None:
+    ports = cluster.prometheus_ports()
+    if ports:
+        where = ", ".join(f"{role} http://127.0.0.1:{port}/metrics" for role, port in ports.items())
+        print(f"prometheus: {where}")
+    else:
+        print(f"prometheus: on (ports {PROMETHEUS_PORTS}), endpoints not reported in the logs yet")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``scripts/cluster`` command line."""
     parser = argparse.ArgumentParser(prog="scripts/cluster", description=__doc__.split("\n")[0])
@@ -412,6 +486,12 @@ def main(argv: list[str] | None = None) -> int:
     start = sub.add_parser("start", help="start JobManager + TaskManager (idempotent)")
     start.add_argument("--rest-port", type=int, default=None, help="REST/UI port (default 8081)")
     start.add_argument("--slots", type=int, default=8)
+    start.add_argument(
+        "--prometheus",
+        action="store_true",
+        default=os.environ.get("NOTIFY_FLINK_PROMETHEUS", "") not in ("", "0"),
+        help=f"Prometheus /metrics on ports {PROMETHEUS_PORTS} (or NOTIFY_FLINK_PROMETHEUS=1)",
+    )
     sub.add_parser("stop", help="stop the daemons this script started")
     sub.add_parser("restart-taskmanager", help="restart the TaskManager (load new pipeline code)")
     sub.add_parser("status", help="say whether the cluster runs, with its TaskManagers and jobs")
@@ -441,13 +521,26 @@ def main(argv: list[str] | None = None) -> int:
     port = getattr(args, "rest_port", None) or saved_rest_port(
         home, int(os.environ.get("NOTIFY_FLINK_REST_PORT", "8081"))
     )
-    cluster = LocalFlinkCluster(home=home, rest_port=port, slots=getattr(args, "slots", 8))
+    cluster = LocalFlinkCluster(
+        home=home,
+        rest_port=port,
+        slots=getattr(args, "slots", 8),
+        prometheus=getattr(args, "prometheus", False),
+    )
     try:
         if args.cmd == "start":
             was = bool(cluster.pids())
+            if was and cluster.prometheus and not _rendered_with_prometheus(cluster):
+                print(
+                    "note: the running cluster was started without the Prometheus reporter; "
+                    "scripts/cluster stop, then start --prometheus",
+                    file=sys.stderr,
+                )
             cluster.start()
             state = "already running" if was else "started"
             print(f"flink cluster {state}: UI and REST on {cluster.rest_url} (logs in {cluster.log_dir})")
+            if cluster.prometheus and _rendered_with_prometheus(cluster):
+                _print_prometheus(cluster)
         elif args.cmd == "stop":
             print(
                 "flink cluster stopped"
@@ -471,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"(free {overview.get('slots-available')}), "
                 f"jobs running={overview.get('jobs-running')}"
             )
+            if _rendered_with_prometheus(cluster):
+                _print_prometheus(cluster)
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
