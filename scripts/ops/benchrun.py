@@ -1,0 +1,474 @@
+"""The divergence benchmark: linear vs fanout, anchors, scaling (``scripts/bench run``).
+
+Everything is measured from the outside: output topics are created with
+``message.timestamp.type=LogAppendTime`` so each committed output record carries the time
+the broker received it; the provider simulator's ledger carries the time each delivery was
+accepted; memory and CPU come from ``/proc`` of the cluster's JVMs (and Python workers).
+
+One run = a fresh topic set with a pre-produced backlog (or a paced producer), one job on
+the local standalone cluster, measured for ``--seconds`` after its first output, then
+cancelled. Throughput = outputs in the measured interval / its length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from kafka import KafkaConsumer, TopicPartition
+
+from ops import submit as ops_submit
+from ops.cluster import LocalFlinkCluster
+from ops.kafka import LocalKafka
+from ops.kafka_io import fresh_name, produce
+from ops.paths import JAR_DIR, ROOT
+from ops.proc import free_port
+from ops.provider_sim import ProviderSim, SimClient
+
+CHANNELS = ("email", "sms", "push")
+APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+
+
+# --- the stack -------------------------------------------------------------------------------
+@dataclass
+class Stack:
+    """Kafka, a standalone Flink cluster and the provider simulator, in ``work``."""
+
+    work: Path
+    kafka: LocalKafka = field(init=False)
+    cluster: LocalFlinkCluster = field(init=False)
+    sim: ProviderSim = field(init=False)
+
+    def __enter__(self) -> Stack:
+        self.kafka = LocalKafka(home=self.work / "kafka", port=free_port(), heap="1g")
+        self.cluster = LocalFlinkCluster(home=self.work / "flink", rest_port=free_port(), slots=16)
+        self.sim = ProviderSim(str(ROOT / "conf" / "providers.yaml"), self.work / "ledger.db", seed=1)
+        self.kafka.start()
+        try:
+            self.cluster.start()
+            self.sim.start("127.0.0.1", 0)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.sim.stop()
+        with contextlib.suppress(Exception):
+            self.cluster.stop()
+        with contextlib.suppress(Exception):
+            self.kafka.stop()
+
+
+# --- workload --------------------------------------------------------------------------------
+def make_events(n: int, seed: int, start_ms: int, rate_per_s: float, label: str) -> list[bytes]:
+    """Seeded events (no duplicates or invalid ones: those are measured by the test suite)."""
+    from udfs.generator import generate_events
+
+    out = []
+    for i, raw in enumerate(
+        generate_events(
+            n, seed, dup_rate=0.0, bad_rate=0.0, late_rate=0.0, start_ms=start_ms, rate_per_s=rate_per_s
+        )
+    ):
+        ev = orjson.loads(raw)
+        ev["event_id"] = f"{label}-{i}"
+        out.append(orjson.dumps(ev))
+    return out
+
+
+def timestamps(bootstrap: str, topic: str) -> list[int]:
+    """Broker append times (ms) of every committed record of ``topic``."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False, group_id=None
+    )
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        out: list[int] = []
+        while any(consumer.position(tp) < end[tp] for tp in parts):
+            for recs in consumer.poll(timeout_ms=1000, max_records=50_000).values():
+                out.extend(r.timestamp for r in recs)
+        return out
+    finally:
+        consumer.close()
+
+
+def end_offset_sum(bootstrap: str, topic: str) -> int:
+    """Count the records in ``topic``, uncommitted included (a cheap progress probe)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        return sum(consumer.end_offsets(parts).values())
+    finally:
+        consumer.close()
+
+
+# --- resources -------------------------------------------------------------------------------
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                out.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
+class Sampler(threading.Thread):
+    """Samples RSS of the given processes (and their children) every 0.5 s; keeps the peak."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.peak_kb = 0
+        self.peak_by_role: dict[str, int] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        """Sample until stopped."""
+        while not self._halt.wait(0.5):
+            total = 0
+            for role, pid in self.pids.items():
+                kb = _rss_kb(pid) + sum(_rss_kb(c) for c in _children(pid))
+                self.peak_by_role[role] = max(self.peak_by_role.get(role, 0), kb)
+                total += kb
+            self.peak_kb = max(self.peak_kb, total)
+
+    def stop(self) -> None:
+        """Stop sampling."""
+        self._halt.set()
+        self.join(timeout=2)
+
+
+def _pcts(values: list[int]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    s = sorted(values)
+    pick = lambda q: float(s[min(len(s) - 1, int(q * len(s)))])  # noqa: E731
+    return {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99)}
+
+
+# --- one job run -----------------------------------------------------------------------------
+@dataclass
+class RunSpec:
+    """One measured run."""
+
+    name: str
+    job: str = "fanout"  # fanout | linear | passthrough
+    parallelism: int = 2
+    latency_ms: int = 0  # every provider's fixed latency
+    provider: bool = True
+    events: int = 60_000  # backlog size (rate 0) or events to send (paced)
+    rate: int = 0  # 0 = backlog (max throughput); > 0 = paced live events/s (latency)
+    seconds: int = 30
+    distinct_ids: int = 0  # > 0: unique ids for the dedup scaling runs
+    extra_sets: tuple[str, ...] = ()
+
+
+def run_job(stack: Stack, spec: RunSpec) -> dict[str, Any]:
+    """Produce the workload, run one job, measure, cancel; return the figures."""
+    kafka, cluster, sim = stack.kafka, stack.cluster, stack.sim
+    admin = SimClient(sim.url)
+    admin.reset()
+    for ch in CHANNELS:
+        admin.set_behaviour(ch, {"latency": {"model": "fixed", "ms": spec.latency_ms}})
+    tag = fresh_name(spec.name.replace(" ", "-"))
+    topics = {k: f"{tag}.{k}" for k in ("events", "rules", "outcomes", "dlq", "metrics", "roundtrip")}
+    kafka.create_topics([topics["events"], topics["rules"]], partitions=2)
+    kafka.create_topics(
+        [topics[k] for k in ("outcomes", "dlq", "metrics", "roundtrip")] + [f"{tag}.{ch}" for ch in CHANNELS],
+        partitions=2,
+        config=APPEND_TIME,
+    )
+    policy = stack.work / f"{tag}-delivery.yaml"
+    policy.write_text(yaml.safe_dump({"defaults": {"max_in_flight": 16}}))
+    sets = [
+        f"kafka.bootstrap={kafka.bootstrap}",
+        f"kafka.group_id=g-{tag}",
+        f"kafka.transactional_id_prefix=tx-{tag}",
+        *(f"topics.{k}={v}" for k, v in topics.items()),
+        f"topics.channel_prefix={tag}.",
+        f"job.mode={'linear' if spec.job == 'linear' else 'fanout'}",
+        f"job.name=bench-{spec.name}",
+        *spec.extra_sets,
+    ]
+    if spec.provider and spec.job != "passthrough":
+        sets += [f"delivery.provider_url={sim.url}", f"delivery.policies_file={policy}"]
+    occurred: dict[str, int] = {}
+    if spec.rate == 0:
+        start_ms = int(time.time() * 1000) - 3_600_000
+        backlog = make_events(spec.events, 7, start_ms, 1000.0, tag)
+        produce(kafka.bootstrap, topics["events"], backlog)
+    job_file = "passthrough" if spec.job == "passthrough" else "fanout"
+    t_submit = time.monotonic()
+    sub = ops_submit.submit(cluster, job_file, spec.parallelism, None, None, tuple(sets))
+    ops_submit.wait_state(cluster, sub.job_id, {"RUNNING"})
+    pids = {
+        "jobmanager": cluster.pids().get("jobmanager", 0),
+        "taskmanager": cluster.pids().get("taskmanager", 0),
+    }
+    sampler = Sampler({k: v for k, v in pids.items() if v})
+    sampler.start()
+    tm_cpu0 = _cpu_ticks(pids["taskmanager"])
+    out_topic = topics["roundtrip"] if spec.job == "passthrough" else topics["outcomes"]
+    producer_thread = None
+    if spec.rate > 0:
+        producer_thread = threading.Thread(target=_paced, args=(kafka, topics["events"], spec, tag, occurred))
+        producer_thread.start()
+    # wait for the first output (start-up excluded), then measure for `seconds`
+    deadline = time.monotonic() + 180
+    while end_offset_sum(kafka.bootstrap, out_topic) == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    t_first = time.monotonic()
+    startup_s = t_first - t_submit
+    while time.monotonic() - t_first < spec.seconds:
+        if spec.rate == 0 and end_offset_sum(kafka.bootstrap, out_topic) >= spec.events:
+            break
+        time.sleep(0.5)
+    if producer_thread is not None:
+        producer_thread.join()
+        time.sleep(5)  # let the last windows close and deliver
+    checkpoints = cluster.rest(f"/jobs/{sub.job_id}/checkpoints")
+    vertices = ops_submit.status(cluster, sub.job_id).get("vertices", [])
+    tm_cpu_s = (_cpu_ticks(pids["taskmanager"]) - tm_cpu0) / os.sysconf("SC_CLK_TCK")
+    wall_s = time.monotonic() - t_first
+    ops_submit.cancel(cluster, sub.job_id)
+    with contextlib.suppress(Exception):
+        ops_submit.wait_state(cluster, sub.job_id, {"CANCELED"}, timeout_s=60)
+    sampler.stop()
+    ts = sorted(timestamps(kafka.bootstrap, out_topic))
+    result: dict[str, Any] = {
+        "name": spec.name,
+        "job": spec.job,
+        "parallelism": spec.parallelism,
+        "provider_latency_ms": spec.latency_ms if spec.provider else None,
+        "offered_rate": spec.rate or "backlog",
+        "startup_s": round(startup_s, 1),
+        "outputs": len(ts),
+        "events_per_s": _rate(ts, spec.seconds),
+        "tm_cpu_cores": round(tm_cpu_s / wall_s, 2) if wall_s else None,
+        "peak_rss_mb": round(sampler.peak_kb / 1024),
+        "peak_rss_mb_by_role": {k: round(v / 1024) for k, v in sampler.peak_by_role.items()},
+        "checkpoint": _checkpoint(checkpoints),
+        "vertices": [{"name": v["name"], "parallelism": v["parallelism"]} for v in vertices],
+    }
+    if spec.job != "passthrough" and spec.provider:
+        rows = admin.ledger()
+        received = sorted(r["received_at_ms"] for r in rows for _ in r["event_ids"])
+        result["deliveries"] = len(received)
+        result["deliveries_per_s"] = _rate(received, spec.seconds)
+        if occurred:
+            lat = [r["received_at_ms"] - occurred[e] for r in rows for e in r["event_ids"] if e in occurred]
+            result["latency_ms"] = _pcts(lat)
+    return result
+
+
+def _rate(ts: list[int], seconds: int) -> float | None:
+    """Return outputs per second over [first, min(first + seconds, last)]."""
+    if len(ts) < 2:
+        return None
+    t0 = ts[0]
+    window = [t for t in ts if t <= t0 + seconds * 1000]
+    span = (window[-1] - t0) / 1000
+    return round(len(window) / span, 1) if span > 0 else None
+
+
+def _checkpoint(c: dict[str, Any]) -> dict[str, Any]:
+    latest = (c.get("latest") or {}).get("completed") or {}
+    summary = c.get("summary") or {}
+    dur = summary.get("end_to_end_duration") or {}
+    return {
+        "completed": (c.get("counts") or {}).get("completed"),
+        "last_duration_ms": latest.get("end_to_end_duration"),
+        "last_size_bytes": latest.get("checkpointed_size", latest.get("state_size")),
+        "duration_ms_p50": dur.get("p50"),
+        "duration_ms_max": dur.get("max"),
+    }
+
+
+def _paced(kafka: LocalKafka, topic: str, spec: RunSpec, tag: str, occurred: dict[str, int]) -> None:
+    """Produce ``spec.events`` live events at ``spec.rate``/s (occurred_at = now) in 100 ms steps."""
+    step = max(1, spec.rate // 10)
+    sent = 0
+    t0 = time.monotonic()
+    seq = 0
+    while sent < spec.events:
+        now_ms = int(time.time() * 1000)
+        batch = make_events(step, 11 + seq, now_ms, 1e9, f"{tag}-{seq}")
+        for raw in batch:
+            occurred[orjson.loads(raw)["event_id"]] = now_ms
+        produce(kafka.bootstrap, topic, batch)
+        sent += step
+        seq += 1
+        time.sleep(max(0.0, t0 + seq * 0.1 - time.monotonic()))
+
+
+# --- anchors ---------------------------------------------------------------------------------
+def plain_consumer(stack: Stack, latency_ms: int, seconds: int, events: int = 20_000) -> dict[str, Any]:
+    """Run what a small team would write: one kafka-python loop, one HTTP call per (event, channel)."""
+    from udfs.events import Event, ValidationLimits, parse_event
+    from udfs.provider_client import ProviderClient
+    from udfs.routing import RuleSet, address_for, decide, load_ruleset_file
+
+    admin = SimClient(stack.sim.url)
+    admin.reset()
+    for ch in CHANNELS:
+        admin.set_behaviour(ch, {"latency": {"model": "fixed", "ms": latency_ms}})
+    topic = fresh_name("plain")
+    stack.kafka.create_topics([topic])
+    produce(
+        stack.kafka.bootstrap,
+        topic,
+        make_events(events, 7, int(time.time() * 1000) - 3_600_000, 1000.0, topic),
+    )
+    rules = load_ruleset_file(str(ROOT / "conf" / "routing.yaml"))
+    assert isinstance(rules, RuleSet), rules
+    limits = ValidationLimits()
+    client = ProviderClient(stack.sim.url, timeout_s=5)
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=stack.kafka.bootstrap, auto_offset_reset="earliest", group_id=f"g-{topic}"
+    )
+    done = 0
+    seen: set[str] = set()
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < seconds and done < events:
+            for recs in consumer.poll(timeout_ms=200).values():
+                for rec in recs:
+                    ev = parse_event(rec.value, limits)
+                    if not isinstance(ev, Event) or ev.event_id in seen:
+                        continue
+                    seen.add(ev.event_id)
+                    for ch in decide(ev, rules).channels:
+                        msg = {
+                            "to": address_for(ev, ch, rules),
+                            "event_id": ev.event_id,
+                            "payload": ev.payload,
+                        }
+                        for _ in range(5):
+                            r = client.send(ch, msg, f"{ev.event_id}:{ch}")
+                            if r.status is not None and r.status < 500 and r.status != 429:
+                                break
+                    done += 1
+    finally:
+        consumer.close()
+        client.close()
+    elapsed = time.monotonic() - t0
+    return {
+        "name": f"plain-consumer-{latency_ms}ms",
+        "provider_latency_ms": latency_ms,
+        "events": done,
+        "events_per_s": round(done / elapsed, 1),
+    }
+
+
+def kafka_perf(stack: Stack, records: int = 500_000, size: int = 450) -> dict[str, Any]:
+    """Measure the broker's own limit with Kafka's producer/consumer perf tools (same jars)."""
+    topic = fresh_name("perf")
+    stack.kafka.create_topics([topic])
+    cp = f"{JAR_DIR / 'kafka'}/*"
+    prod = subprocess.run(
+        [
+            "java",
+            "-Xmx512m",
+            "-cp",
+            cp,
+            "org.apache.kafka.tools.ProducerPerformance",
+            "--topic",
+            topic,
+            "--num-records",
+            str(records),
+            "--record-size",
+            str(size),
+            "--throughput",
+            "-1",
+            "--producer-props",
+            f"bootstrap.servers={stack.kafka.bootstrap}",
+            "acks=all",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    cons = subprocess.run(
+        [
+            "java",
+            "-Xmx512m",
+            "-cp",
+            cp,
+            "org.apache.kafka.tools.ConsumerPerformance",
+            "--topic",
+            topic,
+            "--messages",
+            str(records),
+            "--bootstrap-server",
+            stack.kafka.bootstrap,
+            "--timeout",
+            "60000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    producer_line = [ln for ln in prod.stdout.splitlines() if "records/sec" in ln]
+    last = producer_line[-1] if producer_line else ""
+    prod_rate = (
+        float(last.split(" records sent, ")[1].split(" records/sec")[0])
+        if " records sent, " in last
+        else None
+    )
+    cons_rate = None
+    lines = [ln for ln in cons.stdout.splitlines() if ln and ln[0].isdigit()]
+    if lines:
+        cols = [c.strip() for c in lines[-1].split(",")]
+        with contextlib.suppress(IndexError, ValueError):
+            cons_rate = float(cols[5])  # nMsg.sec
+    return {
+        "name": "kafka-perf",
+        "record_size": size,
+        "producer_records_per_s": prod_rate,
+        "consumer_records_per_s": cons_rate,
+        "producer_tail": last[-200:],
+        "consumer_tail": (lines[-1] if lines else cons.stderr[-300:]),
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+__all__ = ["RunSpec", "Stack", "kafka_perf", "plain_consumer", "run_job", "write_json"]
