@@ -17,7 +17,12 @@ Record on ``notifications.<channel>`` (:func:`batch_to_json`)::
      "window_start_ms": 1795885200000, "window_end_ms": 1795885201000, "size": 2,
      "messages": [{"idempotency_key": "e-1:email", "user_id": "u-1", "address": "...",
                    "event_ids": ["e-1"], "payloads": [{...}], "occurred_at_ms": ...,
-                   "traceparent": "00-..."}]}
+                   "traceparent": "00-<trace>-<branch span>-01",
+                   "parent_traceparent": "00-<trace>-<event span>-01"}]}
+
+A message's ``traceparent`` in the record is the branch's span for it: a child of the
+event's span (``parent_traceparent``), see ``udfs.tracing.child_of``. In memory,
+:attr:`Message.traceparent` is the event's; the child is derived when the branch writes.
 
 ``address`` is PII: it is excluded from ``repr`` and from :func:`batch_log_fields`.
 """
@@ -31,6 +36,7 @@ from typing import Any
 import orjson
 
 from udfs.events import Event, Rejection
+from udfs.tracing import child_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +63,7 @@ class Message:
     event_ids: tuple[str, ...]
     payloads: tuple[dict[str, Any], ...] = field(hash=False)
     occurred_at_ms: int
-    traceparent: str | None = None
+    traceparent: str | None = None  # the event's (a digest: its first event's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +207,22 @@ def make_batches(
     ]
 
 
+def message_traceparent(m: Message) -> str:
+    """Return the branch's span for a message: a child of its event's span (``udfs.tracing``)."""
+    return child_of(m.traceparent, m.idempotency_key, m.event_ids[0] if m.event_ids else None)
+
+
+def span_messages(batch: Batch) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """Return (branch span, idempotency key, event ids) per message: a batch span's links."""
+    return tuple((message_traceparent(m), m.idempotency_key, m.event_ids) for m in batch.items)
+
+
 def batch_to_json(batch: Batch) -> bytes:
-    """Serialise a batch for ``notifications.<channel>`` (contains addresses: PII)."""
+    """Serialise a batch for ``notifications.<channel>`` (contains addresses: PII).
+
+    Each message carries the branch's span (``traceparent``) and the event's
+    (``parent_traceparent``).
+    """
     return orjson.dumps(
         {
             "batch_id": batch.batch_id,
@@ -219,7 +239,8 @@ def batch_to_json(batch: Batch) -> bytes:
                     "event_ids": list(m.event_ids),
                     "payloads": list(m.payloads),
                     "occurred_at_ms": m.occurred_at_ms,
-                    "traceparent": m.traceparent,
+                    "traceparent": message_traceparent(m),
+                    "parent_traceparent": m.traceparent,
                 }
                 for m in batch.items
             ],
@@ -239,7 +260,7 @@ def batch_from_json(raw: bytes) -> Batch | Rejection:
                 tuple(m["event_ids"]),
                 tuple(m["payloads"]),
                 int(m["occurred_at_ms"]),
-                m.get("traceparent"),
+                m.get("parent_traceparent", m.get("traceparent")),
             )
             for m in o["messages"]
         )

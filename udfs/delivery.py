@@ -37,11 +37,12 @@ from typing import Any
 import orjson
 import yaml
 
-from udfs.batching import Batch, Message
+from udfs.batching import Batch, Message, message_traceparent, span_messages
 from udfs.breaker import BreakerConfig
 from udfs.delivery_policy import ErrorClass, RetryPolicy, classify, next_delay
 from udfs.dlq import dlq_record
 from udfs.fanin import BranchResult, BranchStatus
+from udfs.tracing import BatchSpan, batch_status
 
 __all__ = [
     "CallResult",
@@ -150,6 +151,9 @@ class PendingBatch:
     next_due_ms: int
     created_ms: int
     observed: bool = False  # the batch-size observation went into the metrics already
+    # messages given up on so far (the batch span's status); a class default, so state
+    # pickled before this field existed restores with 0
+    dead_lettered: int = 0
 
     @property
     def open_indexes(self) -> list[int]:
@@ -171,7 +175,11 @@ def new_pending(window_key: str, batch: Batch, now_ms: int) -> PendingBatch:
 def request_bodies(
     pb: PendingBatch, indexes: Sequence[int], address_field: str | None
 ) -> list[dict[str, Any]]:
-    """Return the bulk request messages for ``indexes`` (each carries its idempotency key)."""
+    """Return the bulk request messages for ``indexes`` (each carries its idempotency key).
+
+    Each message carries ``traceparent``: the branch's span for it (a child of the event's
+    span), so the provider's spans join the event's trace.
+    """
     out = []
     for i in indexes:
         m = pb.batch.items[i]
@@ -181,11 +189,10 @@ def request_bodies(
             "user_id": m.user_id,
             "event_ids": list(m.event_ids),
             "payloads": list(m.payloads),
+            "traceparent": message_traceparent(m),
         }
         if address_field:
             body[address_field] = m.address
-        if m.traceparent:
-            body["traceparent"] = m.traceparent
         out.append(body)
     return out
 
@@ -326,6 +333,7 @@ def apply_call(
         retry_at = now_ms + int(max(retry_delays) * 1000)
         pb.next_due_ms = retry_at
     call_failed = not answered or (retryable_count > 0 and retryable_count == len(sent))
+    pb.dead_lettered += len(dead)
     return Step(tuple(results), tuple(delivered), tuple(dead), retry_at, call_failed, len(retry_delays))
 
 
@@ -345,11 +353,32 @@ def _results(
     ]
 
 
+def batch_span(pb: PendingBatch, end_ms: int) -> BatchSpan:
+    """Return the span of a finished batch (provider path): from arrival to its last answer."""
+    b = pb.batch
+    dead = pb.dead_lettered
+    delivered = len(b.items) - dead
+    return BatchSpan(
+        b.channel,
+        b.batch_id,
+        b.region,
+        pb.window_key,
+        pb.created_ms,
+        end_ms,
+        batch_status(delivered, dead),
+        max(pb.attempts, default=0),
+        delivered,
+        dead,
+        span_messages(b),
+    )
+
+
 # --- records the operator emits --------------------------------------------------------------
 def delivery_record(pb: PendingBatch, step: Step, now_ms: int) -> bytes | None:
     """Return the ``notifications.<channel>`` record of the messages this step delivered (or None).
 
-    Same shape as ``batching.batch_to_json`` plus, per message, ``attempts``,
+    Same shape as ``batching.batch_to_json`` (``traceparent`` = the branch's span,
+    ``parent_traceparent`` = the event's) plus, per message, ``attempts``,
     ``provider_message_id`` and ``replayed``; it contains addresses (PII): it is data,
     never a log line.
     """
@@ -373,7 +402,8 @@ def delivery_record(pb: PendingBatch, step: Step, now_ms: int) -> bytes | None:
                     "event_ids": list(m.event_ids),
                     "payloads": list(m.payloads),
                     "occurred_at_ms": m.occurred_at_ms,
-                    "traceparent": m.traceparent,
+                    "traceparent": message_traceparent(m),
+                    "parent_traceparent": m.traceparent,
                     "attempts": attempts,
                     "provider_message_id": provider_id,
                     "replayed": replayed,
@@ -415,8 +445,10 @@ def dead_letter_records(
 ) -> list[bytes]:
     """Return one DLQ record per dead-lettered (event, channel) of this step.
 
-    ``original`` is the rebuilt input event (see :func:`redrive_event`); ``extra`` names the
-    channel, attempts, last error, batch and idempotency key.
+    ``original`` is the rebuilt input event (see :func:`redrive_event`; it keeps the event's
+    traceparent, so a redrive continues the trace); ``extra`` names the channel, attempts,
+    last error, batch and idempotency key; ``traceparent`` is the branch's span for the
+    message and ``parent_traceparent`` the event's.
     """
     out = []
     b = pb.batch
@@ -433,7 +465,15 @@ def dead_letter_records(
             }
             out.append(
                 dlq_record(
-                    orjson.dumps(event), d.reason, d.error, stage, extra=extra, event_id=eid, now_ms=now_ms
+                    orjson.dumps(event),
+                    d.reason,
+                    d.error,
+                    stage,
+                    extra=extra,
+                    event_id=eid,
+                    now_ms=now_ms,
+                    traceparent=message_traceparent(d.message),
+                    parent_traceparent=d.message.traceparent,
                 )
             )
     return out

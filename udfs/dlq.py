@@ -10,6 +10,9 @@ Schema (one JSON object per record, UTF-8)::
       "original_b64": "gAAB...",                 # ... base64 when they are not valid UTF-8
       "source":       {"topic": "notifications.events", "partition": 0, "offset": 42},
       "event_id":     "b7c1...",                 # present only when known
+      "traceparent":  "00-<trace>-<span>-01",    # the event's (validate) or the branch's span
+      "trace_id":     "<trace>",                 #   (deliver); present when given
+      "parent_traceparent": "00-...",            # deliver only: the event's traceparent
       "extra":        {"attempts": 5},           # optional, caller-supplied, no PII
       "dlq_at_ms":    1795885200123              # when the record was dead-lettered
     }
@@ -55,11 +58,15 @@ def dlq_record(
     *,
     event_id: str | None = None,
     now_ms: int | None = None,
+    traceparent: str | None = None,
+    parent_traceparent: str | None = None,
 ) -> bytes:
     """Build one DLQ record (JSON bytes) carrying the original bytes and where they came from.
 
     ``event_id`` is taken from the argument or, when absent, extracted from ``raw`` if it is
     a JSON object with a string ``event_id``. ``now_ms`` defaults to the wall clock.
+    ``traceparent`` (canonical, see ``udfs.tracing``) adds ``traceparent`` and ``trace_id``;
+    ``parent_traceparent`` names the event's span when ``traceparent`` is a branch's child.
     """
     rec: dict[str, Any] = {"reason": reason, "stage": stage, "detail": detail}
     if isinstance(raw, str):
@@ -72,6 +79,11 @@ def dlq_record(
     eid = event_id if event_id is not None else _event_id_of(raw)
     if eid is not None:
         rec["event_id"] = eid
+    if traceparent:
+        rec["traceparent"] = traceparent
+        rec["trace_id"] = traceparent[3:35]
+    if parent_traceparent:
+        rec["parent_traceparent"] = parent_traceparent
     if extra:
         rec["extra"] = extra
     rec["dlq_at_ms"] = now_ms if now_ms is not None else time.time_ns() // 1_000_000

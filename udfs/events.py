@@ -15,6 +15,11 @@ Optional: ``payload`` (object, default ``{}``), ``traceparent`` (string or null)
 ``recipient`` the addresses (string or null), ``app_installed`` (bool, default false) and
 ``opt_out`` (list of known channels, default empty). Unknown top-level keys are ignored.
 
+``traceparent`` is kept as given: a string that is not a valid W3C traceparent does not
+reject the event (tracing must never lose a notification); the router replaces it, or an
+absent one, by a new root (``udfs.tracing.ensure_traceparent``, :func:`with_traceparent`).
+A non-string ``traceparent`` breaks the contract's type and is rejected (``wrong_type``).
+
 :func:`parse_event` never raises for bad input: it returns a :class:`Rejection` whose
 ``reason`` is a short machine code and whose ``detail`` names the field but never a PII
 value. Addresses (email, phone, push token) are PII: they are excluded from ``repr`` and
@@ -306,6 +311,22 @@ def parse_event(raw: bytes | str, limits: ValidationLimits) -> Event | Rejection
         occurred_at_ms,
         recipient,
         payload,
+        traceparent,
+    )
+
+
+def with_traceparent(event: Event, traceparent: str) -> Event:
+    """Return ``event`` with another traceparent (the router's normalised one)."""
+    return _make_event(
+        event.event_id,
+        event.type,
+        event.user_id,
+        event.region,
+        event.priority,
+        event.occurred_at,
+        event.occurred_at_ms,
+        event.recipient,
+        event.payload,
         traceparent,
     )
 

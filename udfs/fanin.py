@@ -184,7 +184,11 @@ _outcome: Callable[
 
 
 def plan_from_decision(event: Event, decision: Decision, *, late: bool = False) -> Plan:
-    """Build the fan-in plan for an event from its routing decision."""
+    """Build the fan-in plan for an event from its routing decision.
+
+    The plan (and so the outcome) carries the event's traceparent: the router passes events
+    whose traceparent it made valid (``udfs.stages.traced``).
+    """
     return Plan(
         event.event_id,
         event.region,
@@ -384,6 +388,7 @@ def outcome_to_dict(outcome: Outcome) -> dict[str, Any]:
         "rules_version": outcome.rules_version,
         "late": outcome.late,
         "traceparent": outcome.traceparent,
+        "trace_id": outcome.traceparent[3:35] if outcome.traceparent else None,
         "end_to_end_ms": outcome.end_to_end_ms,
         "emitted_at_ms": outcome.emitted_at_ms,
     }

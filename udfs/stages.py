@@ -15,6 +15,7 @@ Shapes::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,11 +24,19 @@ import orjson
 
 from udfs import fanin
 from udfs.aggregates import BatchObservation, MetricsAccumulator, WindowMetrics, metrics_to_dict
-from udfs.batching import Batch, DeliveryItem, batch_to_json, item_for, make_batches
+from udfs.batching import Batch, DeliveryItem, batch_to_json, item_for, make_batches, span_messages
 from udfs.dlq import dlq_record
-from udfs.events import Event, Rejection, ValidationLimits, parse_event
+from udfs.events import Event, Rejection, ValidationLimits, parse_event, with_traceparent
 from udfs.fanin import BranchResult, BranchStatus, FanInState, Outcome, Plan, plan_from_decision
+from udfs.logs import event_extra
 from udfs.routing import RuleSet, address_for, decide
+from udfs.tracing import (
+    BatchSpan,
+    ensure_traceparent,
+    is_canonical,
+    trace_id_of,
+    traceparent_of_raw,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +101,11 @@ class Delivered:
 
 
 def rejected(rec: SourceRecord, rejection: Rejection) -> bytes:
-    """Return the DLQ record of an input record that failed validation."""
+    """Return the DLQ record of an input record that failed validation.
+
+    It carries the record's traceparent when it had a valid one, else a root derived from
+    the event id (or, without one, from the record's bytes): every DLQ record has a trace.
+    """
     return dlq_record(
         rec.raw,
         rejection.reason,
@@ -102,7 +115,20 @@ def rejected(rec: SourceRecord, rejection: Rejection) -> bytes:
         rec.partition,
         rec.offset,
         event_id=rejection.event_id,
+        traceparent=traceparent_of_raw(rec.raw, rejection.event_id),
     )
+
+
+def traced(event: Event) -> Event:
+    """Return ``event`` with a valid, canonical traceparent (a derived root when absent or invalid).
+
+    The root's ids are derived from the event id (``udfs.tracing.new_root``), so an event
+    replayed after a failover gets the same trace and the outputs stay identical.
+    """
+    tp = event.traceparent
+    if is_canonical(tp):
+        return event
+    return with_traceparent(event, ensure_traceparent(tp, event.event_id))
 
 
 def route_batch(records: Iterable[SourceRecord], window: Window, rules: RuleSet, cfg: StageConfig) -> Routed:
@@ -117,9 +143,15 @@ def route_batch(records: Iterable[SourceRecord], window: Window, rules: RuleSet,
         if not isinstance(parsed, Event):
             dlq.append(rejected(rec, parsed))
             continue
+        tp = parsed.traceparent
+        if not is_canonical(tp):  # absent or invalid: a new root derived from the event id
+            tp = ensure_traceparent(tp, parsed.event_id)
+            parsed = with_traceparent(parsed, tp)
         decision = decide(parsed, rules)
         plans.append(plan_from_decision(parsed, decision, late=window.late))
-        decisions.append(decision.log_fields())
+        fields = decision.log_fields()
+        fields["trace_id"] = tp[3:35]
+        decisions.append(fields)
         for ch in decision.channels:
             per_channel.setdefault(ch, []).append(item_for(parsed, ch, address_for(parsed, ch, rules)))
     batches: list[Batch] = []
@@ -160,6 +192,24 @@ def deliver_to_topic(batch: Batch, window_key: str, now_ms: int) -> Delivered:
         for eid in msg.event_ids
     )
     return Delivered(window_key, batch.channel, batch_to_json(batch), results)
+
+
+def topic_batch_span(batch: Batch, window_key: str, now_ms: int) -> BatchSpan:
+    """Return the span of a batch delivered by writing it to its channel topic (no provider)."""
+    n = len(batch.items)
+    return BatchSpan(
+        batch.channel,
+        batch.batch_id,
+        batch.region,
+        window_key,
+        now_ms,
+        now_ms,
+        "delivered",
+        1,
+        n,
+        0,
+        span_messages(batch),
+    )
 
 
 # --- windowed metrics per (region, channel, event-time window) -------------------------------
@@ -269,6 +319,7 @@ class LinearResult:
     channel_records: tuple[tuple[str, bytes], ...] = ()
     outcome: Outcome | None = None
     decision: dict[str, Any] | None = None
+    batches: tuple[Batch, ...] = ()
 
 
 @dataclass(slots=True)
@@ -287,6 +338,7 @@ def plan_linear(rec: SourceRecord, rules: RuleSet, cfg: StageConfig, now_ms: int
     parsed = parse_event(rec.raw, cfg.limits)
     if not isinstance(parsed, Event):
         return LinearPlan(dlq=rejected(rec, parsed))
+    parsed = traced(parsed)
     decision = decide(parsed, rules)
     plan = plan_from_decision(parsed, decision)
     state, outcomes, _, _ = fanin.on_plan(None, plan, now_ms, cfg.fanin_timeout_ms)
@@ -297,7 +349,9 @@ def plan_linear(rec: SourceRecord, rules: RuleSet, cfg: StageConfig, now_ms: int
             [item], parsed.region, ch, parsed.occurred_at_ms, parsed.occurred_at_ms, 1, False, parsed.event_id
         )
         batches.append(batch)
-    return LinearPlan(None, state, outcomes, tuple(batches), decision.log_fields())
+    fields = decision.log_fields()
+    fields["trace_id"] = trace_id_of(parsed.traceparent)
+    return LinearPlan(None, state, outcomes, tuple(batches), fields)
 
 
 def linear_results(plan: LinearPlan, results: Iterable[BranchResult], now_ms: int) -> None:
@@ -318,12 +372,18 @@ def deliver_linear(rec: SourceRecord, rules: RuleSet, cfg: StageConfig, now_ms: 
         records.append((batch.channel, delivered.record))
         linear_results(plan, delivered.results, now_ms)
     outcome = plan.outcomes[0] if plan.outcomes else None
-    return LinearResult(None, tuple(records), outcome, plan.decision)
+    return LinearResult(None, tuple(records), outcome, plan.decision, plan.batches)
 
 
 def outcome_json(outcome: Outcome) -> str:
     """Return the outcome record as a str (what the Kafka sinks take)."""
     return fanin.outcome_to_json(outcome).decode()
+
+
+def log_decision(logger: logging.Logger, fields: dict[str, Any]) -> None:
+    """Log one routing decision as a structured line (event id, trace id, channels, rule; no PII)."""
+    rest = {k: v for k, v in fields.items() if k not in ("event_id", "trace_id")}
+    logger.info("route", extra=event_extra(fields.get("event_id"), fields.get("trace_id"), **rest))
 
 
 def decision_log_line(fields: dict[str, Any]) -> str:

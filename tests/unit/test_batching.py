@@ -120,7 +120,7 @@ def test_json_round_trip_and_shape() -> None:
         assert d["size"] == len(b.items) and d["batch_id"] == b.batch_id
         assert set(d["messages"][0]) == {
             "idempotency_key", "user_id", "address", "event_ids", "payloads",
-            "occurred_at_ms", "traceparent",
+            "occurred_at_ms", "traceparent", "parent_traceparent",
         }  # fmt: skip
     assert isinstance(batch_from_json(b"{}"), Rejection)
     assert isinstance(batch_from_json(b"nope"), Rejection)
@@ -149,3 +149,20 @@ def test_item_for_event() -> None:
         }
     )
     assert it.occurred_at_ms == ev.occurred_at_ms and it.traceparent == ev.traceparent
+
+
+def test_channel_record_carries_the_branch_span_as_a_child_of_the_event_span() -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    items = [
+        DeliveryItem("e-1", "email", "eu-west", "u-1", "a@example.com", {}, W0, parent),
+        DeliveryItem("e-2", "email", "eu-west", "u-2", "b@example.com", {}, W0 + 1, parent),
+    ]
+    (b,) = batches(items, digest=False)
+    m1, m2 = orjson.loads(batch_to_json(b))["messages"]
+    for m in (m1, m2):
+        assert m["parent_traceparent"] == parent
+        child = m["traceparent"]
+        assert child[:36] == parent[:36] and child[52:] == parent[52:], "same version, trace id, flags"
+        assert child[36:52] != parent[36:52], "a span of its own"
+    assert m1["traceparent"] != m2["traceparent"], "events sharing a traceparent get distinct branch spans"
+    assert batch_from_json(batch_to_json(b)) == b, "the event's traceparent round-trips"

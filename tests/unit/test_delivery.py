@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import orjson
@@ -15,6 +16,7 @@ from udfs.delivery import (
     ChannelPolicy,
     MessageResult,
     apply_call,
+    batch_span,
     call_result_from_response,
     dead_letter_records,
     delivery_record,
@@ -26,6 +28,7 @@ from udfs.delivery_policy import RetryPolicy
 from udfs.events import ValidationLimits, parse_event
 from udfs.fanin import BranchStatus
 from udfs.provider_client import ProviderResponse
+from udfs.tracing import child_of, new_root
 
 POLICY = RetryPolicy(initial_interval=1.0, backoff_coefficient=2.0, maximum_attempts=3, jitter="none")
 
@@ -149,6 +152,8 @@ def test_the_dead_letter_original_is_a_valid_event_for_the_failed_channel_only()
 def test_request_bodies_carry_the_idempotency_key_and_the_channel_address_field():
     pb = new_pending("k", _batch(2), now_ms=0)
     bodies = request_bodies(pb, [1], "phone")
+    child = bodies[0].pop("traceparent")
+    assert child[:36] == new_root("e1")[:36], "no event traceparent: the branch span joins the derived root"
     assert bodies == [
         {
             "idempotency_key": "e1:sms",
@@ -207,3 +212,31 @@ def test_policies_merge_defaults_with_channel_overrides_and_reject_unknown_keys(
 def test_the_shipped_policy_file_loads_for_every_channel():
     policies = load_policies("conf/delivery.yaml", ["email", "sms", "push"])
     assert all(p.retry.jitter == "full" for p in policies.values())
+
+
+PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def _traced_batch(n: int = 2) -> Batch:
+    b = _batch(n)
+    return dataclasses.replace(b, items=tuple(dataclasses.replace(m, traceparent=PARENT) for m in b.items))
+
+
+def test_requests_records_and_dead_letters_carry_the_branch_span_and_the_event_span():
+    pb = new_pending("k", _traced_batch(2), now_ms=0)
+    (body,) = request_bodies(pb, [0], "phone")
+    child = child_of(PARENT, "e0:sms")
+    assert body["traceparent"] == child and child[3:35] == PARENT[3:35] and child != PARENT
+    step = apply_call(
+        pb, [0, 1], CallResult(200, messages=(ok("x"), MessageResult(400, "invalid_recipient"))),
+        POLICY, random.Random(1), 7,
+    )  # fmt: skip
+    (msg,) = orjson.loads(delivery_record(pb, step, 7))["messages"]
+    assert msg["traceparent"] == child and msg["parent_traceparent"] == PARENT
+    (dead,) = [orjson.loads(r) for r in dead_letter_records(pb, step, "deliver-sms", "phone", 7)]
+    assert dead["traceparent"] == child_of(PARENT, "e1:sms") and dead["parent_traceparent"] == PARENT
+    assert dead["trace_id"] == PARENT[3:35]
+    assert orjson.loads(dead["original"])["traceparent"] == PARENT, "a redrive continues the event's trace"
+    span = batch_span(pb, end_ms=9)
+    assert (span.status, span.delivered, span.dead_lettered, span.attempts) == ("partial", 1, 1, 1)
+    assert [m[0] for m in span.messages] == [child, child_of(PARENT, "e1:sms")]
