@@ -118,6 +118,19 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """Span export and log files (trace ids are always propagated; export is off by default)."""
+
+    # none | file (one JSON span per line in ``file``) | otlp (OTLP/HTTP to ``otlp_endpoint``)
+    exporter: Literal["none", "file", "otlp"] = "none"
+    file: str = ""
+    otlp_endpoint: str = ""  # e.g. http://127.0.0.1:4318/v1/traces
+    # Also append the job's JSON log lines here (they always go to the TaskManager log).
+    log_file: str = ""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
 class BranchConfig:
     """Per-channel branch shape: parallelism (0 = job parallelism) and slot sharing group."""
 
@@ -135,6 +148,7 @@ class PipelineConfig:
     events: EventsConfig = field(default_factory=EventsConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     branches: tuple[tuple[str, BranchConfig], ...] = ()
 
     def branch(self, channel: str) -> BranchConfig:
@@ -149,11 +163,14 @@ _SECTIONS: dict[str, type] = {
     "events": EventsConfig,
     "routing": RoutingConfig,
     "delivery": DeliveryConfig,
+    "tracing": TracingConfig,
 }
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("kafka", "starting_offsets"): ("earliest", "latest", "committed"),
     ("job", "mode"): ("fanout", "linear"),
     ("job", "python_execution_mode"): ("thread", "process"),
+    ("tracing", "exporter"): ("none", "file", "otlp"),
+    ("tracing", "log_level"): ("DEBUG", "INFO", "WARNING", "ERROR"),
 }
 
 
@@ -227,6 +244,12 @@ def from_mapping(tree: Mapping[str, Any]) -> PipelineConfig:
                 raise ConfigError(f"unknown config key {name}.{key}")
             kwargs[key] = _coerce(name, key, item, getattr(defaults, key))
         sections[name] = cls(**kwargs)
+    tracing = sections.get("tracing")
+    if tracing is not None:
+        if tracing.exporter == "file" and not tracing.file:
+            raise ConfigError("tracing.exporter=file needs tracing.file (a JSON-lines path)")
+        if tracing.exporter == "otlp" and not tracing.otlp_endpoint:
+            raise ConfigError("tracing.exporter=otlp needs tracing.otlp_endpoint")
     return PipelineConfig(**sections)
 
 

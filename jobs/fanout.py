@@ -61,11 +61,13 @@ from jobs import codeversion
 from jobs.config import PipelineConfig, load_config
 from jobs.dispatch import RUNNING, Dispatcher
 from jobs.flink_env import kafka_sink, kafka_source, make_env, source_watermarks
-from udfs import stages
+from udfs import logs, stages
+from udfs.batching import message_traceparent
 from udfs.delivery import (
     ChannelPolicy,
     PendingBatch,
     Step,
+    batch_span,
     dead_letter_records,
     delivery_record,
     load_policies,
@@ -73,6 +75,7 @@ from udfs.delivery import (
 )
 from udfs.events import ValidationLimits
 from udfs.routing import RuleSet, load_ruleset_file, next_ruleset
+from udfs.tracing import SpanExport, TracingSettings, trace_id_of
 
 log = logging.getLogger("notify.fanout")
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,10 +273,36 @@ class JobSettings:
     code_version: str = ""
     log_decisions: bool = False
     address_fields: tuple[tuple[str, str], ...] = ()
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
 
 def _counter(ctx: RuntimeContext, name: str):
     return ctx.get_metrics_group().add_group("notify").counter(name)
+
+
+def _open_logs(tracing: TracingSettings) -> None:
+    """Make this interpreter's ``notify`` loggers write masked JSON lines (thread mode: the TaskManager's)."""
+    logs.configure(tracing.log_file, tracing.log_level)
+
+
+def _log_dead_letters(pb: PendingBatch, step: Step, channel: str) -> None:
+    """Log one warning per dead-lettered message: event id, trace id, reason (no address)."""
+    for d in step.dead:
+        tp = message_traceparent(d.message)
+        for eid in d.message.event_ids:
+            log.warning(
+                "dead-lettered",
+                extra=logs.event_extra(
+                    eid,
+                    trace_id_of(tp),
+                    span_id=tp[36:52],
+                    channel=channel,
+                    reason=d.reason,
+                    error=d.error,
+                    attempts=d.attempts,
+                    batch_id=pb.batch.batch_id,
+                ),
+            )
 
 
 def _open_rules(settings: JobSettings) -> RuleSet:
@@ -291,6 +320,7 @@ class _RouterBase:
     settings: JobSettings
 
     def _open(self, ctx: RuntimeContext) -> None:
+        _open_logs(self.settings.tracing)
         self.file_rules = _open_rules(self.settings)
         self.rules_cache: tuple[str, RuleSet] | None = None
         self.seen_batches = 0
@@ -323,7 +353,7 @@ class _RouterBase:
             yield DLQ_TAG, raw.decode()
         if self.settings.log_decisions:  # off by default: per-event logging costs more than routing
             for decision in routed.decisions:
-                log.info(stages.decision_log_line(decision))
+                stages.log_decision(log, decision)
         for batch in routed.batches:
             counter = self.routed.get(batch.channel)
             if counter is not None:
@@ -380,13 +410,13 @@ class BroadcastRouter(BroadcastProcessFunction, _RouterBase):
         rules, error = next_ruleset(None, value.encode())
         if error is not None or rules is None:
             self.rules_rejected.inc()
-            log.warning('{"msg": "rules rejected", "error": "%s"}', str(error).replace('"', "'"))
+            log.warning("rules rejected", extra={"fields": {"error": str(error)}})
             from udfs.dlq import dlq_record
 
             yield DLQ_TAG, dlq_record(value.encode(), "invalid_rules", str(error), "rules").decode()
             return
         ctx.get_broadcast_state(RULES_STATE).put("current", value)
-        log.info('{"msg": "rules applied", "rules_version": "%s"}', rules.version)
+        log.info("rules applied", extra={"fields": {"rules_version": rules.version}})
 
 
 @dataclass(frozen=True)
@@ -403,6 +433,7 @@ class DeliverSettings:
     # Bounded runs deliver each batch to its end before taking the next: Flink fires no
     # processing-time timer after the end of input, so nothing may be left pending then.
     synchronous: bool = False
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
 
 class Deliver(KeyedProcessFunction):
@@ -421,10 +452,13 @@ class Deliver(KeyedProcessFunction):
     def __init__(self, settings: DeliverSettings) -> None:
         self.settings = settings
         self.dispatcher: Dispatcher | None = None
+        self.spans: SpanExport | None = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
         """Register state and metrics; start the dispatcher when a provider is configured."""
         s = self.settings
+        _open_logs(s.tracing)
+        self.spans = SpanExport.get(s.tracing)  # None unless tracing.exporter is set
         self.state = runtime_context.get_state(ValueStateDescriptor("pending-batch", PICKLED))
         self.batches = _counter(runtime_context, "batches")
         self.delivered = _counter(runtime_context, "delivered")
@@ -447,9 +481,11 @@ class Deliver(KeyedProcessFunction):
             group.gauge("pending_batches", lambda: d.pending_batches)
 
     def close(self) -> None:
-        """Stop the dispatcher's workers."""
+        """Stop the dispatcher's workers; export the spans still buffered."""
         if self.dispatcher is not None:
             self.dispatcher.close()
+        if self.spans is not None:
+            self.spans.flush()
 
     def process_element(self, value, ctx):
         """Accept one (window key, batch): deliver it, or start delivering it."""
@@ -460,6 +496,8 @@ class Deliver(KeyedProcessFunction):
         if d is None:
             delivered = stages.deliver_to_topic(batch, window_key, now_ms)
             self.delivered.inc(len(delivered.results))
+            if self.spans is not None:
+                self.spans.export(stages.topic_batch_span(batch, window_key, now_ms))
             yield delivered.record.decode()
             yield RESULTS_TAG, ("results", window_key, delivered.results)
             yield METRICS_TAG, stages.batch_metrics(batch, delivered.results, self.settings.window_ms)
@@ -493,6 +531,8 @@ class Deliver(KeyedProcessFunction):
         if pb.complete:
             self.state.clear()
             d.pending_batches = max(0, d.pending_batches - 1)
+            if self.spans is not None:
+                self.spans.export(batch_span(pb, now_ms))
             return
         timers = ctx.timer_service()
         if pb.next_due_ms > now_ms:
@@ -514,6 +554,8 @@ class Deliver(KeyedProcessFunction):
         for step in d.deliver_blocking(f"sync:{pb.batch.batch_id}", pb):
             self.calls.inc()
             yield from self._emit(pb, step, int(time.time() * 1000))
+        if self.spans is not None:
+            self.spans.export(batch_span(pb, int(time.time() * 1000)))
 
     def _emit(self, pb: PendingBatch, step: Step, now_ms: int):
         s = self.settings
@@ -523,6 +565,8 @@ class Deliver(KeyedProcessFunction):
             yield record.decode()
         if step.retried:
             self.retries.inc(step.retried)
+        if step.dead:
+            _log_dead_letters(pb, step, s.channel)
         for raw in dead_letter_records(pb, step, f"deliver-{s.channel}", s.address_field, now_ms):
             self.dead_lettered.inc()
             yield DLQ_TAG, raw.decode()
@@ -577,6 +621,7 @@ class FanIn(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         """Register the keyed state and metrics."""
+        _open_logs(self.settings.tracing)
         self.state = runtime_context.get_state(ValueStateDescriptor("fanin", PICKLED))
         self.outcomes = _counter(runtime_context, "outcomes")
 
@@ -585,6 +630,16 @@ class FanIn(KeyedProcessFunction):
             ctx.timer_service().register_processing_time_timer(t)
         for outcome in outcomes:
             self.outcomes.inc()
+            if not outcome.complete:  # rare: a branch did not finish within the fan-in timeout
+                log.warning(
+                    "outcome incomplete",
+                    extra=logs.event_extra(
+                        outcome.event_id,
+                        trace_id_of(outcome.traceparent),
+                        version=outcome.version,
+                        pending=list(outcome.pending),
+                    ),
+                )
             yield stages.outcome_json(outcome)
 
     def _load(self) -> stages.FanInStates:
@@ -623,9 +678,12 @@ class Linear(ProcessFunction):
     def __init__(self, settings: JobSettings, branches: tuple[DeliverSettings, ...] = ()) -> None:
         self.settings = settings
         self.branches = branches
+        self.spans: SpanExport | None = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
         """Load the routing table, register metrics, connect the providers (if configured)."""
+        _open_logs(self.settings.tracing)
+        self.spans = SpanExport.get(self.settings.tracing)
         self.rules = _open_rules(self.settings)
         self.events_in = _counter(runtime_context, "events_in")
         self.dlq_out = _counter(runtime_context, "dlq")
@@ -636,9 +694,11 @@ class Linear(ProcessFunction):
         }
 
     def close(self) -> None:
-        """Close the provider connections."""
+        """Close the provider connections; export the spans still buffered."""
         for d in self.dispatchers.values():
             d.close()
+        if self.spans is not None:
+            self.spans.flush()
 
     def process_element(self, value, ctx):
         """Handle one deduplicated record."""
@@ -651,8 +711,13 @@ class Linear(ProcessFunction):
                 self.dlq_out.inc()
                 yield DLQ_TAG, result.dlq.decode()
                 return
+            if self.settings.log_decisions and result.decision is not None:
+                stages.log_decision(log, result.decision)
             for channel, record in result.channel_records:
                 yield linear_tag(channel), record.decode()
+            if self.spans is not None:
+                for batch in result.batches:
+                    self.spans.export(stages.topic_batch_span(batch, batch.event_ids[0], now_ms))
             if result.outcome is not None:
                 yield stages.outcome_json(result.outcome)
             return
@@ -661,6 +726,8 @@ class Linear(ProcessFunction):
             self.dlq_out.inc()
             yield DLQ_TAG, plan.dlq.decode()
             return
+        if self.settings.log_decisions and plan.decision is not None:
+            stages.log_decision(log, plan.decision)
         for batch in plan.batches:  # one channel after another, each to its end
             d = self.dispatchers[batch.channel]
             pb = new_pending(batch.event_ids[0], batch, now_ms)
@@ -670,10 +737,14 @@ class Linear(ProcessFunction):
                 if delivered is not None:
                     yield linear_tag(batch.channel), delivered.decode()
                 stage = f"deliver-{batch.channel}"
+                if step.dead:
+                    _log_dead_letters(pb, step, batch.channel)
                 for raw in dead_letter_records(pb, step, stage, d.address_field, step_ms):
                     self.dlq_out.inc()
                     yield DLQ_TAG, raw.decode()
                 stages.linear_results(plan, step.results, step_ms)
+            if self.spans is not None:
+                self.spans.export(batch_span(pb, int(time.time() * 1000)))
         for outcome in plan.outcomes:
             yield stages.outcome_json(outcome)
 
@@ -736,6 +807,29 @@ def settings_for(cfg: PipelineConfig) -> JobSettings:
         codeversion.fingerprint(),
         cfg.events.log_decisions,
         tuple(sorted((ch, f) for ch, f in rules.addresses.items() if f)),
+        tracing_settings(cfg),
+    )
+
+
+def _abs(path: str) -> str:
+    """Return ``path`` absolute (relative paths are relative to the repository root), or ''."""
+    if not path:
+        return ""
+    p = Path(path)
+    return str(p if p.is_absolute() else ROOT / p)
+
+
+def tracing_settings(cfg: PipelineConfig) -> TracingSettings:
+    """Build the operators' tracing/log settings (paths made absolute for the TaskManager)."""
+    t = cfg.tracing
+    return TracingSettings(
+        t.exporter,
+        _abs(t.file),
+        t.otlp_endpoint,
+        _abs(t.log_file),
+        t.log_level,
+        cfg.job.name,
+        max(128, cfg.events.max_batch_size),
     )
 
 
@@ -760,6 +854,7 @@ def deliver_settings(
         dict(settings.address_fields).get(channel),
         cfg.delivery.poll_ms,
         cfg.kafka.bounded,
+        settings.tracing,
     )
 
 
@@ -854,6 +949,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=200, help="embedded mode: generated events")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
+    tracing = tracing_settings(cfg)
+    logs.configure(tracing.log_file, tracing.log_level)
+    log.info(
+        "job starting",
+        extra={"fields": {"job": cfg.job.name, "mode": cfg.job.mode, "tracing": tracing.exporter}},
+    )
     env = make_env(cfg)
     t_env = StreamTableEnvironment.create(env)
     t_env.get_config().set("table.local-time-zone", "UTC")

@@ -384,8 +384,3 @@ def log_decision(logger: logging.Logger, fields: dict[str, Any]) -> None:
     """Log one routing decision as a structured line (event id, trace id, channels, rule; no PII)."""
     rest = {k: v for k, v in fields.items() if k not in ("event_id", "trace_id")}
     logger.info("route", extra=event_extra(fields.get("event_id"), fields.get("trace_id"), **rest))
-
-
-def decision_log_line(fields: dict[str, Any]) -> str:
-    """Return one structured (JSON) log line for a routing decision; it carries no PII."""
-    return orjson.dumps({"msg": "route", **fields}).decode()

@@ -22,6 +22,7 @@ from tests.pipeline.harness import (
     run_job,
 )
 from udfs.generator import generate_events
+from udfs.tracing import child_of
 
 pytestmark = pytest.mark.pipeline
 
@@ -79,7 +80,12 @@ def test_permanently_failing_recipient_is_dead_lettered_with_its_reason(
     produce(kafka.bootstrap, topics.events, [*good, bad])
     planned, _ = expected([*good, bad])
     extra = delivery_overrides(provider_sim_url(provider_sim), tmp_path / "d.yaml", FAST_RETRIES)
-    out = run_job(kafka, topics, "fanout", 1, "permanent", extra=extra)
+    traced = [
+        f"tracing.log_file={tmp_path / 'job.log'}",
+        "tracing.exporter=file",
+        f"tracing.file={tmp_path / 'spans.jsonl'}",
+    ]
+    out = run_job(kafka, topics, "fanout", 1, "permanent", extra=[*extra, *traced])
 
     dead = [d for d in out["dlq"] if d["stage"].startswith("deliver-")]
     assert [(d["event_id"], d["stage"], d["reason"]) for d in dead] == [
@@ -96,6 +102,21 @@ def test_permanently_failing_recipient_is_dead_lettered_with_its_reason(
     delivered = collections.Counter(ledger_pairs(provider_sim))
     assert ("bad-1", "email") not in delivered
     assert set(delivered) == planned_pairs(planned) - {("bad-1", "email")}
+    # tracing: the dead letter is the email branch's span of the event; logged without the address
+    event_tp = orjson.loads(bad)["traceparent"]
+    assert dead[0]["traceparent"] == child_of(event_tp, "bad-1:email")
+    assert dead[0]["parent_traceparent"] == event_tp and dead[0]["trace_id"] == event_tp[3:35]
+    log_text = (tmp_path / "job.log").read_text()
+    (line,) = [orjson.loads(raw) for raw in log_text.splitlines() if '"dead-lettered"' in raw]
+    assert (line["event_id"], line["trace_id"], line["reason"]) == ("bad-1", event_tp[3:35], "non_retryable")
+    assert "invalid-user@example.com" not in log_text
+    spans = [orjson.loads(raw) for raw in (tmp_path / "spans.jsonl").read_text().splitlines()]
+    branch_span = "0x" + dead[0]["traceparent"][36:52]
+    (email_span,) = [sp for sp in spans if branch_span in {lk["context"]["span_id"] for lk in sp["links"]}]
+    attrs = email_span["attributes"]
+    assert attrs["channel"] == "email" and attrs["status"] in ("partial", "dead_lettered")
+    assert attrs["dead_lettered"] == 1 and attrs["attempts"] == 1
+    assert email_span["status"]["status_code"] == "ERROR"
 
 
 def test_redrive_replays_exhausted_deliveries_without_delivering_anything_twice(

@@ -36,6 +36,7 @@ def _projection(outcomes: list[dict]) -> dict[str, tuple]:
             o["rule"],
             o["rules_version"],
             o["complete"],
+            o["traceparent"],  # kept or derived from the event id: the same in both modes
         )
         for o in outcomes
     }

@@ -40,6 +40,9 @@ def test_env_then_set_overrides_win_in_that_order():
         ("job.nope=1", "unknown config key job.nope"),
         ("branches.sms.speed=1", "unknown config key branches.sms.speed"),
         ("justakey", "must look like section.key=value"),
+        ("tracing.exporter=jaeger", "tracing.exporter must be one of none, file, otlp"),
+        ("tracing.exporter=file", "tracing.exporter=file needs tracing.file"),
+        ("tracing.exporter=otlp", "tracing.exporter=otlp needs tracing.otlp_endpoint"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -59,3 +62,17 @@ def test_stale_code_is_refused_with_a_clear_message():
     codeversion.check("")  # no fingerprint (older client): not checked
     with pytest.raises(RuntimeError, match="stale pipeline code in this TaskManager"):
         codeversion.check("0000000000000000")
+
+
+def test_tracing_is_off_by_default_and_configurable():
+    cfg = load_config(env={})
+    assert cfg.tracing.exporter == "none" and cfg.tracing.log_file == "" and cfg.tracing.log_level == "INFO"
+    cfg = load_config(
+        env={"NOTIFY__TRACING__LOG_FILE": "/tmp/notify.log"},
+        overrides=["tracing.exporter=file", "tracing.file=.run/spans.jsonl"],
+    )
+    assert (cfg.tracing.exporter, cfg.tracing.file, cfg.tracing.log_file) == (
+        "file",
+        ".run/spans.jsonl",
+        "/tmp/notify.log",
+    )
