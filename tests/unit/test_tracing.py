@@ -201,6 +201,56 @@ def test_an_exporter_without_its_target_is_a_configuration_error():
         SpanExport(TracingSettings(exporter="otlp"))
 
 
-def test_the_otlp_exporter_builds_without_sending_anything():
-    export = SpanExport(TracingSettings(exporter="otlp", otlp_endpoint="http://127.0.0.1:9/v1/traces"))
-    export.provider.shutdown()
+def test_the_otlp_exporter_posts_protobuf_spans_to_the_endpoint():
+    """A loopback HTTP server stands in for an OpenTelemetry collector (OTLP/HTTP, protobuf)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received: list[tuple[str, str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Content-Type"], body))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/v1/traces"
+        export = SpanExport(TracingSettings(exporter="otlp", otlp_endpoint=url))
+        child = child_of(VALID, "e-1:sms")
+        export.export(
+            BatchSpan(
+                "sms",
+                "b-1",
+                "eu-west",
+                "k",
+                1_000,
+                1_100,
+                "delivered",
+                1,
+                1,
+                0,
+                ((child, "e-1:sms", ("e-1",)),),
+            )
+        )
+        export.flush()
+        export.provider.shutdown()
+    finally:
+        server.shutdown()
+        server.server_close()
+    ((path, content_type, body),) = received
+    assert path == "/v1/traces" and content_type == "application/x-protobuf"
+    request = ExportTraceServiceRequest.FromString(body)
+    (span,) = request.resource_spans[0].scope_spans[0].spans
+    assert span.name == "deliver-sms" and span.links[0].trace_id.hex() == VALID[3:35]
+    assert span.links[0].span_id.hex() == child[36:52]
