@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -190,10 +191,182 @@ def isolation(args: argparse.Namespace) -> int:
             report[f"{ch}_p99_ratio_slow_sms_vs_fast"] = round(slow / fast, 3)
         if fast and blocked:
             report[f"{ch}_p99_ratio_slow_sms_blocking_vs_fast"] = round(blocked / fast, 3)
-    out = ROOT / "docs" / "benchmarks" / "isolation.json"
+    out = ROOT / "docs" / "benchmarks" / f"isolation-{args.rate}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _by(runs: list[dict], **kw: Any) -> dict | None:
+    for r in runs:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def divergence(args: argparse.Namespace) -> int:
+    """Run the main experiment: linear vs fanout by provider latency, scaling, anchors, load."""
+    from ops.benchrun import RunSpec, Stack, kafka_perf, plain_consumer, run_job, write_json
+
+    quick = args.quick
+    secs = 10 if quick else args.seconds
+    backlog = 8_000 if quick else args.events
+    lats = (0, 20) if quick else (0, 20, 200)
+    runs: list[dict] = []
+    anchors: list[dict] = []
+
+    def record(result: dict) -> None:
+        runs.append(result)
+        print(json.dumps({k: v for k, v in result.items() if k != "vertices"}), flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, Stack(Path(tmp)) as stack:
+        anchors.append(kafka_perf(stack, 100_000 if quick else 500_000))
+        print(json.dumps(anchors[-1]), flush=True)
+        record(run_job(stack, RunSpec("passthrough", "passthrough", 2, events=backlog * 4, seconds=secs)))
+        for lat in lats:
+            anchors.append(plain_consumer(stack, lat, secs))
+            print(json.dumps(anchors[-1]), flush=True)
+            for job in ("fanout", "linear"):
+                record(
+                    run_job(stack, RunSpec(f"{job}-p2-{lat}ms", job, 2, lat, events=backlog, seconds=secs))
+                )
+        for p in (1, 4):
+            record(run_job(stack, RunSpec(f"fanout-p{p}-0ms", "fanout", p, 0, events=backlog, seconds=secs)))
+        record(
+            run_job(
+                stack,
+                RunSpec("fanout-p2-noprovider", "fanout", 2, provider=False, events=backlog, seconds=secs),
+            )
+        )
+        top = (_by(runs, name="fanout-p2-20ms") or {}).get("events_per_s") or 100
+        for pct in (25, 50, 80) if not quick else (50,):
+            rate = max(10, int(top * pct / 100))
+            record(
+                run_job(
+                    stack,
+                    RunSpec(
+                        f"fanout-p2-20ms-load{pct}",
+                        "fanout",
+                        2,
+                        20,
+                        events=rate * secs,
+                        rate=rate,
+                        seconds=secs,
+                    ),
+                )
+            )
+            runs[-1]["load_pct_of_max"] = pct
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    eps = lambda name: (_by(runs, name=name) or {}).get("events_per_s")  # noqa: E731
+    passthrough = eps("passthrough")
+    cpu_bound = eps("fanout-p2-0ms")
+    perf = next((a for a in anchors if a["name"] == "kafka-perf"), {})
+    knee = _by(runs, name="fanout-p2-20ms-load80") or _by(runs, name="fanout-p2-20ms-load50") or {}
+    summary = {
+        "command": "scripts/bench run " + " ".join(sys.argv[2:]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit.stdout.strip(),
+        "machine": f"{os.cpu_count()} cores",
+        "fanout_linear_throughput_ratio_0ms": _ratio(cpu_bound, eps("linear-p2-0ms")),
+        "fanout_linear_throughput_ratio_20ms": _ratio(eps("fanout-p2-20ms"), eps("linear-p2-20ms")),
+        "fanout_linear_throughput_ratio_200ms": _ratio(eps("fanout-p2-200ms"), eps("linear-p2-200ms")),
+        "events_per_s_cpu_bound": cpu_bound,
+        "passthrough_events_per_s": passthrough,
+        "fraction_of_passthrough": _ratio(cpu_bound, passthrough),
+        "p99_latency_ms_at_80pct_load": (knee.get("latency_ms") or {}).get("p99"),
+        "latency_load_pct": knee.get("load_pct_of_max"),
+        "peak_rss_mb": max((r.get("peak_rss_mb") or 0) for r in runs),
+        "plain_consumer_events_per_s": {
+            a["name"]: a["events_per_s"] for a in anchors if "plain" in a["name"]
+        },
+        "kafka_producer_records_per_s": perf.get("producer_records_per_s"),
+        "kafka_consumer_records_per_s": perf.get("consumer_records_per_s"),
+    }
+    out_dir = ROOT / "docs" / "benchmarks"
+    suffix = "-quick" if quick else ""
+    write_json(out_dir / f"results{suffix}.json", {"summary": summary, "runs": runs, "anchors": anchors})
+    if not quick:
+        write_json(out_dir / "summary.json", summary)
+    (out_dir / f"results{suffix}.md").write_text(_markdown(summary, runs, anchors))
+    _plots(runs, out_dir, suffix)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _markdown(summary: dict, runs: list[dict], anchors: list[dict]) -> str:
+    lines = [
+        f"Produced by `{summary['command']}` on {summary['date']} at commit {summary['commit']}",
+        f"({summary['machine']}). Throughput is measured from broker append times of committed outputs.",
+        "",
+        "| run | job | p | provider latency | offered | events/s | deliveries/s | latency p50/p99 ms "
+        "| TM CPU cores | peak RSS MB | last checkpoint ms / bytes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in runs:
+        lat = r.get("latency_ms") or {}
+        cp = r.get("checkpoint") or {}
+        lines.append(
+            f"| {r['name']} | {r['job']} | {r['parallelism']} | {r.get('provider_latency_ms')} "
+            f"| {r['offered_rate']} "
+            f"| {r.get('events_per_s')} | {r.get('deliveries_per_s', '')} "
+            f"| {lat.get('p50', '')}/{lat.get('p99', '')} "
+            f"| {r.get('tm_cpu_cores')} | {r.get('peak_rss_mb')} "
+            f"| {cp.get('last_duration_ms')} / {cp.get('last_size_bytes')} |"
+        )
+    lines += ["", "| anchor | figures |", "| --- | --- |"]
+    for a in anchors:
+        figures = ", ".join(
+            f"{k}={v}" for k, v in a.items() if k not in ("name", "producer_tail", "consumer_tail")
+        )
+        lines.append(f"| {a['name']} | {figures} |")
+    lines += ["", "Summary:", "", "```json", json.dumps(summary, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def _plots(runs: list[dict], out_dir: Path, suffix: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lats = sorted(
+        {
+            r["provider_latency_ms"]
+            for r in runs
+            if r["job"] in ("fanout", "linear")
+            and r["parallelism"] == 2
+            and r["offered_rate"] == "backlog"
+            and r["provider_latency_ms"] is not None
+        }
+    )
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for job in ("fanout", "linear"):
+        ys = [(_by(runs, name=f"{job}-p2-{lat}ms") or {}).get("events_per_s") or 0 for lat in lats]
+        ax.plot([str(x) for x in lats], ys, marker="o", label=job)
+    ax.set_yscale("log")
+    ax.set_xlabel("provider latency (ms)")
+    ax.set_ylabel("events/s (log)")
+    ax.set_title("linear vs fanout, parallelism 2")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / f"throughput-vs-latency{suffix}.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ps = [p for p in (1, 2, 4) if _by(runs, name=f"fanout-p{p}-0ms")]
+    ax.bar(
+        [str(p) for p in ps],
+        [(_by(runs, name=f"fanout-p{p}-0ms") or {}).get("events_per_s") or 0 for p in ps],
+    )
+    ax.set_xlabel("parallelism")
+    ax.set_ylabel("events/s")
+    ax.set_title("fanout, zero-latency providers (2 cores)")
+    fig.tight_layout()
+    fig.savefig(out_dir / f"scaling{suffix}.png", dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,8 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     iso.add_argument("--rate", type=int, default=200, help="events/s offered")
     iso.add_argument("--seconds", type=int, default=20)
     iso.add_argument("--slow-ms", type=int, default=200)
+    run = sub.add_parser("run", help="linear vs fanout, anchors, scaling, load (docs/benchmarks.md)")
+    run.add_argument("--seconds", type=int, default=30, help="measured seconds per run")
+    run.add_argument("--events", type=int, default=60_000, help="backlog per run")
+    run.add_argument("--quick", action="store_true", help="a small smoke run (results-quick.*)")
     args = parser.parse_args(argv)
-    return {"isolation": isolation}[args.experiment](args)
+    return {"isolation": isolation, "run": divergence}[args.experiment](args)
 
 
 if __name__ == "__main__":

@@ -232,7 +232,11 @@ def run_job(stack: Stack, spec: RunSpec) -> dict[str, Any]:
     job_file = "passthrough" if spec.job == "passthrough" else "fanout"
     t_submit = time.monotonic()
     sub = ops_submit.submit(cluster, job_file, spec.parallelism, None, None, tuple(sets))
-    ops_submit.wait_state(cluster, sub.job_id, {"RUNNING"})
+    try:
+        ops_submit.wait_state(cluster, sub.job_id, {"RUNNING"})
+    except Exception as exc:
+        root = (cluster.rest(f"/jobs/{sub.job_id}/exceptions").get("root-exception") or "")[:2000]
+        raise RuntimeError(f"{spec.name}: job did not start: {exc}\n{root}") from exc
     pids = {
         "jobmanager": cluster.pids().get("jobmanager", 0),
         "taskmanager": cluster.pids().get("taskmanager", 0),
