@@ -51,8 +51,14 @@ def topic(kafka: LocalKafka) -> Callable[..., str]:
 
 @pytest.fixture(scope="session")
 def flink_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFlinkCluster]:
-    """Opt-in: a real standalone Flink session cluster (JobManager + TaskManager) on free ports."""
-    cluster = LocalFlinkCluster(home=tmp_path_factory.mktemp("flink"), rest_port=free_port(), slots=8)
+    """Opt-in: a real standalone Flink session cluster (JobManager + TaskManager) on free ports.
+
+    The Prometheus reporter is on (tests/e2e/test_prometheus.py): each daemon takes a free
+    port of 9249-9260, so it costs no second cluster.
+    """
+    cluster = LocalFlinkCluster(
+        home=tmp_path_factory.mktemp("flink"), rest_port=free_port(), slots=8, prometheus=True
+    )
     try:
         cluster.start()
         yield cluster
