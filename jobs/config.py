@@ -79,6 +79,9 @@ class JobConfig:
     # this marker file so the restarted job does not fail again. Empty = off.
     chaos_fail_once_file: str = ""
     chaos_fail_after_batches: int = 0
+    # The JVM front's SQL: "current", or "legacy" (the first version, kept so that
+    # `scripts/bench front` can measure before/after in one run).
+    front: Literal["current", "legacy"] = "current"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("kafka", "starting_offsets"): ("earliest", "latest", "committed"),
     ("job", "mode"): ("fanout", "linear"),
     ("job", "python_execution_mode"): ("thread", "process"),
+    ("job", "front"): ("current", "legacy"),
     ("tracing", "exporter"): ("none", "file", "otlp"),
     ("tracing", "log_level"): ("DEBUG", "INFO", "WARNING", "ERROR"),
 }

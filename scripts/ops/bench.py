@@ -369,6 +369,90 @@ def _plots(runs: list[dict], out_dir: Path, suffix: str) -> None:
     plt.close(fig)
 
 
+def front(args: argparse.Namespace) -> int:
+    """Time the JVM front (source + computed columns, + dedup, + window batches) per variant."""
+    from pyflink.table import Schema, StreamTableEnvironment, TableDescriptor
+
+    from jobs import fanout
+    from jobs.config import load_config
+    from jobs.flink_env import make_env
+    from udfs.generator import generate_events
+
+    variants = {"legacy": ["job.front=legacy"], "current": []}
+    # Each stage selects what the job uses downstream (unused computed columns would be pruned).
+    stages = {
+        "source": "SELECT `raw`, event_id, region_key, redrive_id, CAST(rowtime AS TIMESTAMP(3)) AS rt{ht} "
+        "FROM events_in",
+        "dedup": "SELECT `raw`, region_key, dedup_key, CAST(rowtime AS TIMESTAMP(3)) AS rt, windowed, "
+        "is_late FROM deduped",
+        "window": "SELECT * FROM batches",
+    }
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-front-") as tmp:
+        kafka = LocalKafka(home=Path(tmp) / "kafka", port=free_port(), heap="1g")
+        kafka.start()
+        try:
+            topic = fresh_name("front")
+            kafka.create_topics([topic])
+            produce(kafka.bootstrap, topic, generate_events(args.events, seed=3, rate_per_s=1000.0))
+            # a discarded warm-up job first (class loading, JIT), then alternate the order of
+            # the variants per stage so neither always runs first
+            plan = [("warm-up", stages["source"], "current")]
+            for n, (stage, view) in enumerate(stages.items()):
+                order = list(variants) if n % 2 == 0 else list(reversed(variants))
+                plan += [(stage, view, name) for name in order]
+            for stage, view, name in plan:
+                sets = variants[name]
+                cfg = load_config(
+                    overrides=[
+                        f"kafka.bootstrap={kafka.bootstrap}",
+                        f"kafka.group_id=g-{fresh_name('f')}",
+                        "kafka.bounded=true",
+                        f"topics.events={topic}",
+                        *sets,
+                    ]
+                )
+                env = make_env(cfg)
+                t_env = StreamTableEnvironment.create(env)
+                t_env.get_config().set("table.local-time-zone", "UTC")
+                t_env.get_config().set("table.exec.state.ttl", f"{cfg.events.dedup_ttl_ms} ms")
+                t_env.get_config().set("table.exec.source.idle-timeout", f"{cfg.events.idle_timeout_ms} ms")
+                fanout.kafka_events_table(t_env, cfg)
+                fanout.front_sql(t_env, cfg)
+                query = view.format(ht=", has_time" if name == "legacy" else "")
+                table = t_env.sql_query(query)
+                schema = Schema.new_builder().from_row_data_type(table.get_schema().to_row_data_type())
+                sink = TableDescriptor.for_connector("blackhole").schema(schema.build()).build()
+                t_env.create_temporary_table("sink", sink)
+                t0 = time.monotonic()
+                table.execute_insert("sink").wait()
+                elapsed = time.monotonic() - t0
+                if stage == "warm-up":
+                    continue
+                results.append(
+                    {
+                        "stage": stage,
+                        "variant": name,
+                        "seconds": round(elapsed, 2),
+                        "events_per_s_incl_startup": round(args.events / elapsed),
+                    }
+                )
+                print(json.dumps(results[-1]), flush=True)
+        finally:
+            kafka.stop()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    report = {
+        "experiment": "front",
+        "command": "scripts/bench front " + " ".join(sys.argv[2:]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit.stdout.strip(),
+        "events": args.events,
+        "results": results,
+    }
+    (ROOT / "docs" / "benchmarks" / "front.json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the experiment and run it."""
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
@@ -381,8 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seconds", type=int, default=30, help="measured seconds per run")
     run.add_argument("--events", type=int, default=60_000, help="backlog per run")
     run.add_argument("--quick", action="store_true", help="a small smoke run (results-quick.*)")
+    fr = sub.add_parser("front", help="the JVM front alone, legacy vs current SQL")
+    fr.add_argument("--events", type=int, default=200_000)
     args = parser.parse_args(argv)
-    return {"isolation": isolation, "run": divergence}[args.experiment](args)
+    return {"isolation": isolation, "run": divergence, "front": front}[args.experiment](args)
 
 
 if __name__ == "__main__":
