@@ -22,6 +22,7 @@ from ops.kafka import default_home as kafka_home
 from ops.kafka_io import consume_all, produce
 from ops.paths import ROOT
 from ops.proc import StackError, free_port, port_in_use
+from ops.provider_sim import ProviderSim, SimClient
 
 CHANNELS = ("email", "sms", "push")
 
@@ -77,26 +78,41 @@ def run(events: int, seed: int) -> int:
         **{ch: f"{base}.{ch}" for ch in CHANNELS},
     }
     kafka.create_topics(list(topics.values()), partitions=2)
+    # The providers: the shipped simulator, in this process for the demo's lifetime, with a
+    # 5% transient error rate per message so that retries (and idempotency) show up.
+    sim = ProviderSim(str(ROOT / "conf" / "providers.yaml"), ROOT / ".run" / f"{base}-ledger.db", seed=seed)
+    (ROOT / ".run").mkdir(exist_ok=True)
+    sim.start("127.0.0.1", 0)
+    admin = SimClient(sim.url)
+    for ch in CHANNELS:
+        admin.set_behaviour(ch, {"error_rate": 0.05})
+    print(f"demo: provider simulator on {sim.url} (5% transient errors)", flush=True)
     # event times end "now", at 1,000 events/s, so occurred->delivered latency means something
     records = list(generate_events(events, seed=seed, start_ms=int(time.time() * 1000) - events))
     produce(kafka.bootstrap, topics["events"], records)
     print(
         f"demo: produced {len(records)} events to {topics['events']}; submitting the fan-out job", flush=True
     )
-    job_id, job_s = _submit(
-        cluster,
-        "fanout.py",
-        [
-            f"kafka.bootstrap={kafka.bootstrap}",
-            "kafka.bounded=true",
-            f"kafka.group_id={base}",
-            f"kafka.transactional_id_prefix={base}",
-            *(f"topics.{k}={v}" for k, v in topics.items() if k not in CHANNELS),
-            f"topics.channel_prefix={base}.",
-            "job.parallelism=2",
-            "job.checkpoint_interval_ms=1000",
-        ],
-    )
+    try:
+        job_id, job_s = _submit(
+            cluster,
+            "fanout.py",
+            [
+                f"kafka.bootstrap={kafka.bootstrap}",
+                "kafka.bounded=true",
+                f"kafka.group_id={base}",
+                f"kafka.transactional_id_prefix={base}",
+                *(f"topics.{k}={v}" for k, v in topics.items() if k not in CHANNELS),
+                f"topics.channel_prefix={base}.",
+                "job.parallelism=2",
+                "job.checkpoint_interval_ms=1000",
+                f"delivery.provider_url={sim.url}",
+            ],
+        )
+        ledger = admin.ledger()
+        provider = admin.stats()["channels"]
+    finally:
+        sim.stop()
     out = {
         k: [json.loads(v) for v in consume_all(kafka.bootstrap, t)]
         for k, t in topics.items()
@@ -123,12 +139,23 @@ def run(events: int, seed: int) -> int:
     for ch in CHANNELS:
         batches = out[ch]
         msgs = sum(len(b["messages"]) for b in batches)
-        print(f"  {ch:<18} {msgs} messages in {len(batches)} batches -> {topics[ch]}")
+        print(f"  {ch:<18} {msgs} messages in {len(batches)} delivery records -> {topics[ch]}")
+    accepted = Counter(row["channel"] for row in ledger for _ in row["event_ids"])
+    keys = [(row["channel"], row["idempotency_key"]) for row in ledger]
+    retried = sum(1 for row in ledger if (row.get("attempts") or 1) > 1)
+    errors = sum(sum(c["errors"].values()) for c in provider.values())
+    print(
+        f"  at the providers   {sum(accepted.values())} accepted {dict(accepted)}; {errors} transient "
+        f"errors retried, {retried} messages needed >1 attempt; accepted twice: {len(keys) - len(set(keys))}"
+    )
     if latencies:
         p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
         print(f"  occurred->delivered p50 {p(0.5)} ms, p99 {p(0.99)} ms (events produced before job start)")
     ok = len(outcomes) + len(out["dlq"]) == distinct
     print(f"  nothing lost       {'yes' if ok else 'NO'}: outcomes + DLQ = distinct inputs ({distinct})")
+    once = status.get("delivered", 0) == sum(accepted.values()) and len(keys) == len(set(keys))
+    print(f"  exactly once       {'yes' if once else 'NO'}: delivered branches = provider acceptances")
+    ok = ok and once
     print(
         f"  job                {job_id}, {job_s:.1f} s submit to finish; "
         f"demo total {time.monotonic() - t0:.1f} s"
