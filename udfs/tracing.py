@@ -55,15 +55,25 @@ __all__ = [
 PROPAGATOR: Final = TraceContextTextMapPropagator()
 _CANONICAL_LEN: Final = 55  # "00-" + 32 + "-" + 16 + "-" + 2
 # A strict subset of what the propagator accepts: version 00, lowercase hex, no trailing
-# fields or whitespace, non-zero trace and span ids.
-_CANONICAL: Final = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z")
-_match = _CANONICAL.match
+# fields or whitespace, and (checked apart: cheaper than look-aheads) non-zero ids.
+_CANONICAL: Final = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
+_ZERO_TRACE: Final = "0" * 32
+_ZERO_SPAN: Final = "0" * 16
+_regex_match = _CANONICAL.match
+
+
 _blake2b = hashlib.blake2b
 
 
 def is_canonical(traceparent: object) -> TypeGuard[str]:
     """Return True for a valid traceparent in the canonical form this pipeline writes."""
-    return type(traceparent) is str and len(traceparent) == _CANONICAL_LEN and _match(traceparent) is not None
+    return (
+        type(traceparent) is str
+        and len(traceparent) == _CANONICAL_LEN
+        and _regex_match(traceparent) is not None
+        and traceparent[3:35] != _ZERO_TRACE
+        and traceparent[36:52] != _ZERO_SPAN
+    )
 
 
 def extract(traceparent: str) -> trace.SpanContext | None:
@@ -101,7 +111,7 @@ def ensure_traceparent(traceparent: Any, key: str) -> str:
     propagator; an absent or invalid one starts a new trace (W3C: restart the trace).
     """
     if type(traceparent) is str:
-        if len(traceparent) == _CANONICAL_LEN and _match(traceparent) is not None:
+        if is_canonical(traceparent):
             return traceparent
         sc = extract(traceparent)
         if sc is not None:
@@ -118,7 +128,7 @@ def child_of(parent: str | None, salt: str, key: str | None = None) -> str:
     ``parent`` is first replaced as :func:`ensure_traceparent` does (with ``key``, default
     ``salt``).
     """
-    if not (type(parent) is str and len(parent) == _CANONICAL_LEN and _match(parent) is not None):
+    if not is_canonical(parent):
         parent = ensure_traceparent(parent, key if key is not None else salt)
     span_hex = _blake2b(f"{parent}|{salt}".encode(), digest_size=8, person=b"notify-child").hexdigest()
     if span_hex == "0" * 16:

@@ -102,3 +102,11 @@ def test_linear_mode_matches_the_batched_outcome():
     assert [ch for ch, _ in result.channel_records] == ["email", "push"]
     bad = stages.deliver_linear(_rec(b"[1]", 3), RULES, CFG, now_ms=100)
     assert bad.outcome is None and orjson.loads(bad.dlq)["reason"] == "not_an_object"
+
+
+def test_decision_log_fields_are_built_only_when_logged():
+    raws = [event_bytes(event_id=f"d{i}", region="eu-west", recipient=make_recipient()) for i in range(3)]
+    logged = stages.route_batch(list(map(_rec, raws)), WINDOW, RULES, CFG)
+    quiet = stages.route_batch(list(map(_rec, raws)), WINDOW, RULES, CFG, log_decisions=False)
+    assert [d["event_id"] for d in logged.decisions] == ["d0", "d1", "d2"] and quiet.decisions == ()
+    assert (quiet.plans, quiet.batches, quiet.dlq) == (logged.plans, logged.batches, logged.dlq)
