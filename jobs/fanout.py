@@ -512,6 +512,10 @@ class Deliver(KeyedProcessFunction):
         self.retries = _counter(runtime_context, "retries")
         self.calls = _counter(runtime_context, "provider_calls")
         self.deferred = _counter(runtime_context, "deferred")
+        group = runtime_context.get_metrics_group().add_group("notify")
+        # distributions (count/min/max/mean in the UI): one update per batch / per message
+        self.batch_size = group.distribution("batch_size")
+        self.latency = group.distribution("latency_ms")  # occurred_at -> accepted by the provider
         if s.provider_url:
             d = Dispatcher(
                 s.provider_url,
@@ -542,6 +546,9 @@ class Deliver(KeyedProcessFunction):
         if d is None:
             delivered = stages.deliver_to_topic(batch, window_key, now_ms)
             self.delivered.inc(len(delivered.results))
+            self.batch_size.update(len(batch.items))
+            for msg in batch.items:
+                self.latency.update(max(0, now_ms - msg.occurred_at_ms))
             if self.spans is not None:
                 self.spans.export(stages.topic_batch_span(batch, window_key, now_ms))
             yield delivered.record.decode()
@@ -608,6 +615,8 @@ class Deliver(KeyedProcessFunction):
         record = delivery_record(pb, step, now_ms)
         if record is not None:
             self.delivered.inc(sum(len(m.event_ids) for m, _, _, _ in step.delivered))
+            for m, _, _, _ in step.delivered:
+                self.latency.update(max(0, now_ms - m.occurred_at_ms))
             yield record.decode()
         if step.retried:
             self.retries.inc(step.retried)
@@ -622,6 +631,8 @@ class Deliver(KeyedProcessFunction):
                 METRICS_TAG,
                 stages.batch_metrics(pb.batch, step.results, s.window_ms, observe=not pb.observed),
             )
+            if not pb.observed:
+                self.batch_size.update(len(pb.batch.items))
             pb.observed = True
 
 

@@ -54,6 +54,14 @@ def test_submit_watch_and_cancel_the_fanout_job(kafka, topic, flink_cluster):
             counted = ops_submit.vertex_metrics(flink_cluster, done.job_id, "notify.events_in")
             time.sleep(1)
         assert any("route" in name and value > 0 for name, value in counted.items()), counted
+        delivered = ops_submit.vertex_metrics(flink_cluster, done.job_id, "notify.delivered")
+        assert any("deliver-" in name and value > 0 for name, value in delivered.items()), delivered
+        email = next(
+            v for v in flink_cluster.rest(f"/jobs/{done.job_id}")["vertices"] if "deliver-email" in v["name"]
+        )
+        ids = {m["id"] for m in flink_cluster.rest(f"/jobs/{done.job_id}/vertices/{email['id']}/metrics")}
+        for metric in ("notify.batch_size", "notify.latency_ms", "notify.batches", "notify.retries"):
+            assert any(i.endswith(metric) for i in ids), (metric, sorted(ids)[:20])
     finally:
         ops_submit.cancel(flink_cluster, done.job_id)
     assert ops_submit.wait_state(flink_cluster, done.job_id, {"CANCELED"}) == "CANCELED"
