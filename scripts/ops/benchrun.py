@@ -235,8 +235,15 @@ def run_job(stack: Stack, spec: RunSpec) -> dict[str, Any]:
     try:
         ops_submit.wait_state(cluster, sub.job_id, {"RUNNING"})
     except Exception as exc:
-        root = (cluster.rest(f"/jobs/{sub.job_id}/exceptions").get("root-exception") or "")[:2000]
-        raise RuntimeError(f"{spec.name}: job did not start: {exc}\n{root}") from exc
+        return {
+            "name": spec.name,
+            "job": spec.job,
+            "parallelism": spec.parallelism,
+            "provider_latency_ms": spec.latency_ms,
+            "offered_rate": spec.rate or "backlog",
+            "events_per_s": None,
+            "failure": f"did not start: {exc}: {job_failure(cluster, sub.job_id)}",
+        }
     pids = {
         "jobmanager": cluster.pids().get("jobmanager", 0),
         "taskmanager": cluster.pids().get("taskmanager", 0),
@@ -266,9 +273,14 @@ def run_job(stack: Stack, spec: RunSpec) -> dict[str, Any]:
     vertices = ops_submit.status(cluster, sub.job_id).get("vertices", [])
     tm_cpu_s = (_cpu_ticks(pids["taskmanager"]) - tm_cpu0) / os.sysconf("SC_CLK_TCK")
     wall_s = time.monotonic() - t_first
-    ops_submit.cancel(cluster, sub.job_id)
+    state = cluster.rest(f"/jobs/{sub.job_id}").get("state")
+    failure = None
+    if state != "RUNNING":  # record why instead of measuring a dead job silently
+        failure = job_failure(cluster, sub.job_id)
     with contextlib.suppress(Exception):
-        ops_submit.wait_state(cluster, sub.job_id, {"CANCELED"}, timeout_s=60)
+        ops_submit.cancel(cluster, sub.job_id)
+    with contextlib.suppress(Exception):
+        ops_submit.wait_state(cluster, sub.job_id, {"CANCELED", "FAILED", "FINISHED"}, timeout_s=60)
     sampler.stop()
     ts = sorted(timestamps(kafka.bootstrap, out_topic))
     result: dict[str, Any] = {
@@ -278,6 +290,8 @@ def run_job(stack: Stack, spec: RunSpec) -> dict[str, Any]:
         "provider_latency_ms": spec.latency_ms if spec.provider else None,
         "offered_rate": spec.rate or "backlog",
         "startup_s": round(startup_s, 1),
+        "job_state_at_end": state,
+        "failure": failure,
         "outputs": len(ts),
         "events_per_s": _rate(ts, spec.seconds),
         "tm_cpu_cores": round(tm_cpu_s / wall_s, 2) if wall_s else None,
@@ -295,6 +309,14 @@ def run_job(stack: Stack, spec: RunSpec) -> dict[str, Any]:
             lat = [r["received_at_ms"] - occurred[e] for r in rows for e in r["event_ids"] if e in occurred]
             result["latency_ms"] = _pcts(lat)
     return result
+
+
+def job_failure(cluster: LocalFlinkCluster, job_id: str) -> str:
+    """Return the first lines of a job's most recent exception (REST exception history)."""
+    history = cluster.rest(f"/jobs/{job_id}/exceptions")
+    entries = (history.get("exceptionHistory") or {}).get("entries") or []
+    text = entries[0].get("stacktrace", "") if entries else history.get("root-exception") or ""
+    return "\n".join(line for line in text.splitlines() if not line.strip().startswith("at "))[:1500]
 
 
 def _rate(ts: list[int], seconds: int) -> float | None:
