@@ -506,6 +506,7 @@ class Deliver(KeyedProcessFunction):
         _open_logs(s.tracing)
         self.spans = SpanExport.get(s.tracing)  # None unless tracing.exporter is set
         self.state = runtime_context.get_state(ValueStateDescriptor("pending-batch", PICKLED))
+        self._cache: dict[str, PendingBatch] = {}  # the same objects as in the state, unpickled
         self.batches = _counter(runtime_context, "batches")
         self.delivered = _counter(runtime_context, "delivered")
         self.dead_lettered = _counter(runtime_context, "dead_lettered")
@@ -561,28 +562,41 @@ class Deliver(KeyedProcessFunction):
             yield from self._finish(pb)
             return
         d.pending_batches += 1
+        self._cache[batch.batch_id] = pb
         yield from self._advance(pb, ctx, now_ms)
 
     def on_timer(self, timestamp, ctx):
         """Poll for the answer, retry after the backoff, or re-check a deferral."""
-        pb: PendingBatch | None = self.state.value()
-        if pb is None or self.dispatcher is None:
+        if self.dispatcher is None:
             return
-        yield from self._advance(pb, ctx, int(time.time() * 1000))
+        key = ctx.get_current_key()
+        pb: PendingBatch | None = self._cache.get(key)
+        if pb is None:  # after a restore: the state is the truth
+            pb = self.state.value()
+            if pb is None:
+                return
+            self._cache[key] = pb
+        yield from self._advance(pb, ctx, int(time.time() * 1000), stored=True)
 
-    def _advance(self, pb: PendingBatch, ctx, now_ms: int):
+    def _advance(self, pb: PendingBatch, ctx, now_ms: int, stored: bool = False):
+        # `stored`: the state already holds pb as it is; write it only when it changed (a
+        # batch is pickled on every write, and a poll of a running call changes nothing).
         d = self.dispatcher
         assert d is not None
         key = pb.batch.batch_id
         polled = d.poll(key)
         if polled == RUNNING:
             ctx.timer_service().register_processing_time_timer(now_ms + self.settings.poll_ms)
-            self.state.update(pb)
+            if not stored:
+                self.state.update(pb)
             return
+        dirty = not stored
         if isinstance(polled, tuple):
             yield from self._emit(pb, d.apply(pb, polled[0], polled[1], now_ms), now_ms)
+            dirty = True
         if pb.complete:
             self.state.clear()
+            self._cache.pop(key, None)
             d.pending_batches = max(0, d.pending_batches - 1)
             if self.spans is not None:
                 self.spans.export(batch_span(pb, now_ms))
@@ -599,7 +613,8 @@ class Deliver(KeyedProcessFunction):
                 d.start(key, pb, indexes)
                 self.calls.inc()
                 timers.register_processing_time_timer(now_ms + self.settings.poll_ms)
-        self.state.update(pb)
+        if dirty:
+            self.state.update(pb)
 
     def _finish(self, pb: PendingBatch):
         d = self.dispatcher

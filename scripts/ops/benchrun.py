@@ -230,6 +230,15 @@ def run_job(stack: Stack, spec: RunSpec) -> dict[str, Any]:
         backlog = make_events(spec.events, 7, start_ms, 1000.0, tag)
         produce(kafka.bootstrap, topics["events"], backlog)
     job_file = "passthrough" if spec.job == "passthrough" else "fanout"
+    # the previous run's slots must be free again (a cancelled job releases them late)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        overview = cluster.rest("/overview")
+        if overview.get("slots-available") == overview.get("slots-total") and not overview.get(
+            "jobs-running"
+        ):
+            break
+        time.sleep(1)
     t_submit = time.monotonic()
     sub = ops_submit.submit(cluster, job_file, spec.parallelism, None, None, tuple(sets))
     try:
