@@ -224,28 +224,34 @@ def batch_to_json(batch: Batch) -> bytes:
     (``parent_traceparent``).
     """
     return orjson.dumps(
-        {
-            "batch_id": batch.batch_id,
-            "region": batch.region,
-            "channel": batch.channel,
-            "window_start_ms": batch.window_start_ms,
-            "window_end_ms": batch.window_end_ms,
-            "size": len(batch.items),
-            "messages": [
-                {
-                    "idempotency_key": m.idempotency_key,
-                    "user_id": m.user_id,
-                    "address": m.address,
-                    "event_ids": list(m.event_ids),
-                    "payloads": list(m.payloads),
-                    "occurred_at_ms": m.occurred_at_ms,
-                    "traceparent": message_traceparent(m),
-                    "parent_traceparent": m.traceparent,
-                }
-                for m in batch.items
-            ],
-        }
+        {**batch_header(batch, len(batch.items)), "messages": [message_fields(m) for m in batch.items]}
     )
+
+
+def batch_header(batch: Batch, size: int) -> dict[str, Any]:
+    """Return the batch-level fields of a channel record (``size`` = messages in the record)."""
+    return {
+        "batch_id": batch.batch_id,
+        "region": batch.region,
+        "channel": batch.channel,
+        "window_start_ms": batch.window_start_ms,
+        "window_end_ms": batch.window_end_ms,
+        "size": size,
+    }
+
+
+def message_fields(m: Message) -> dict[str, Any]:
+    """Return one message of a channel record (contains the address: PII, data not logs)."""
+    return {
+        "idempotency_key": m.idempotency_key,
+        "user_id": m.user_id,
+        "address": m.address,
+        "event_ids": list(m.event_ids),
+        "payloads": list(m.payloads),
+        "occurred_at_ms": m.occurred_at_ms,
+        "traceparent": message_traceparent(m),
+        "parent_traceparent": m.traceparent,
+    }
 
 
 def batch_from_json(raw: bytes) -> Batch | Rejection:

@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 import yaml
 
-from udfs.batching import Batch, Message, message_traceparent, span_messages
+from udfs.batching import Batch, Message, batch_header, message_fields, message_traceparent, span_messages
 from udfs.breaker import BreakerConfig
 from udfs.delivery_policy import ErrorClass, RetryPolicy, classify, next_delay
 from udfs.dlq import dlq_record
@@ -384,34 +384,12 @@ def delivery_record(pb: PendingBatch, step: Step, now_ms: int) -> bytes | None:
     """
     if not step.delivered:
         return None
-    b = pb.batch
-    return orjson.dumps(
-        {
-            "batch_id": b.batch_id,
-            "region": b.region,
-            "channel": b.channel,
-            "window_start_ms": b.window_start_ms,
-            "window_end_ms": b.window_end_ms,
-            "size": len(step.delivered),
-            "delivered_at_ms": now_ms,
-            "messages": [
-                {
-                    "idempotency_key": m.idempotency_key,
-                    "user_id": m.user_id,
-                    "address": m.address,
-                    "event_ids": list(m.event_ids),
-                    "payloads": list(m.payloads),
-                    "occurred_at_ms": m.occurred_at_ms,
-                    "traceparent": message_traceparent(m),
-                    "parent_traceparent": m.traceparent,
-                    "attempts": attempts,
-                    "provider_message_id": provider_id,
-                    "replayed": replayed,
-                }
-                for m, attempts, provider_id, replayed in step.delivered
-            ],
-        }
-    )
+    messages = [
+        {**message_fields(m), "attempts": attempts, "provider_message_id": pid, "replayed": replayed}
+        for m, attempts, pid, replayed in step.delivered
+    ]
+    header = batch_header(pb.batch, len(step.delivered))
+    return orjson.dumps({**header, "delivered_at_ms": now_ms, "messages": messages})
 
 
 def redrive_event(msg: Message, event_id: str, index: int, region: str, address_field: str | None) -> dict:
