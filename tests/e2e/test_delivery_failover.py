@@ -16,10 +16,8 @@ import pytest
 import yaml
 
 from ops import submit as ops_submit
-from ops.kafka_io import consume_all, produce
-from tests.pipeline.harness import ledger_pairs, live_event, wait_until
-from udfs.events import ValidationLimits, parse_event
-from udfs.routing import decide, load_ruleset_file
+from ops.kafka_io import consume_all
+from tests.pipeline.harness import LiveTraffic, ledger_pairs, wait_until
 
 pytestmark = pytest.mark.e2e
 CHANNELS = ("email", "sms", "push")
@@ -52,21 +50,8 @@ def test_killed_taskmanager_during_retries_loses_nothing_and_delivers_once(
     for ch in CHANNELS:
         provider_sim.set_behaviour(ch, {"error_rate": 0.3})
     provider_sim.set_outage("sms", True)  # sms batches pile up in state, deferred and retried
-    rules = load_ruleset_file("conf/routing.yaml")
-    sent: list[bytes] = []
-
-    def send(label: str, n: int) -> None:
-        batch = [live_event(label, i) for i in range(n)]
-        produce(kafka.bootstrap, names["events"], batch)
-        sent.extend(batch)
-
-    def planned(ticks: bool = False) -> set[tuple[str, str]]:
-        out = set()
-        for raw in sent:
-            ev = parse_event(raw, ValidationLimits())
-            if ticks or not ev.event_id.startswith("tick-"):
-                out |= {(ev.event_id, ch) for ch in decide(ev, rules).channels}
-        return out
+    traffic = LiveTraffic(kafka.bootstrap, names["events"])
+    send, planned, sent = traffic.send, traffic.planned, traffic.sent
 
     job = ops_submit.submit(flink_cluster, "fanout", parallelism=1, name="delivery-failover", sets=sets)
     try:

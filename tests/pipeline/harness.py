@@ -193,3 +193,32 @@ def wait_until(predicate, what: str, timeout_s: float, tick=None, every_s: float
             return time.monotonic() - t0
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class LiveTraffic:
+    """Live events sent to a running job, and the (event, channel) pairs they should become.
+
+    Events labelled ``tick`` only move event time on (so the last windows close); they are
+    left out of :meth:`planned` unless asked for.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.sent: list[bytes] = []
+        self.rules = load_ruleset_file("conf/routing.yaml")
+
+    def send(self, label: str, n: int) -> None:
+        batch = [live_event(label, i) for i in range(n)]
+        from ops.kafka_io import produce
+
+        produce(self.bootstrap, self.topic, batch)
+        self.sent.extend(batch)
+
+    def planned(self, ticks: bool = False) -> set[tuple[str, str]]:
+        out = set()
+        for raw in self.sent:
+            ev = parse_event(raw, ValidationLimits())
+            if ticks or not ev.event_id.startswith("tick-"):
+                out |= {(ev.event_id, ch) for ch in decide(ev, self.rules).channels}
+        return out

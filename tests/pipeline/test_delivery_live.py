@@ -11,17 +11,15 @@ import time
 
 import pytest
 
-from ops.kafka_io import consume_all, produce
+from ops.kafka_io import consume_all
 from tests.pipeline.harness import (
+    LiveTraffic,
     build_job,
     delivery_overrides,
     job_config,
     ledger_pairs,
-    live_event,
     wait_until,
 )
-from udfs.events import ValidationLimits, parse_event
-from udfs.routing import decide, load_ruleset_file
 
 pytestmark = pytest.mark.pipeline
 
@@ -38,7 +36,6 @@ OUTAGE_POLICY = {
 
 
 def test_outage_of_one_channel_defers_it_while_the_others_keep_flowing(kafka, topics, provider_sim, tmp_path):
-    rules = load_ruleset_file("conf/routing.yaml")
     url = f"http://{provider_sim.host}:{provider_sim.port}"
     extra = [
         "kafka.bounded=false",
@@ -50,21 +47,8 @@ def test_outage_of_one_channel_defers_it_while_the_others_keep_flowing(kafka, to
     env = build_job(kafka, cfg)
     provider_sim.set_outage("sms", True)
     client = env.execute_async("delivery-outage-test")
-    sent: list[bytes] = []
-
-    def send(label: str, n: int) -> None:
-        batch = [live_event(label, i) for i in range(n)]
-        produce(kafka.bootstrap, cfg.topics.events, batch)
-        sent.extend(batch)
-
-    def planned(ticks: bool = False) -> set[tuple[str, str]]:
-        """Planned (event, channel) pairs; ticks (sent only to move event time on) on request."""
-        out = set()
-        for raw in sent:
-            ev = parse_event(raw, ValidationLimits())
-            if ticks or not ev.event_id.startswith("tick-"):
-                out |= {(ev.event_id, ch) for ch in decide(ev, rules).channels}
-        return out
+    traffic = LiveTraffic(kafka.bootstrap, cfg.topics.events)
+    send, planned = traffic.send, traffic.planned
 
     def delivered(channels: tuple[str, ...]) -> bool:
         want = {p for p in planned() if p[1] in channels}
