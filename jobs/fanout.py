@@ -54,7 +54,7 @@ from pyflink.datastream import (
     StreamExecutionEnvironment,
 )
 from pyflink.datastream.functions import BroadcastProcessFunction
-from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 from pyflink.table import DataTypes, Schema, StreamTableEnvironment
 
 from jobs import codeversion
@@ -686,7 +686,14 @@ class WindowMetricsFn(KeyedProcessFunction):
 
 
 class FanIn(KeyedProcessFunction):
-    """fan-in: per window key, the branch status of every event; one outcome per event."""
+    """fan-in: per window key, the branch status of every event; one outcome per event.
+
+    The per-event states of a window key live in memory (``_cache``); the keyed state is a
+    journal of the inputs (``udfs.stages.fanin_apply``), appended to once per input and
+    compacted to one small snapshot when every outcome of the key is final. A cache miss
+    (after a restore or a rescale) replays the journal. Pre-journal savepoints keep their
+    ``fanin`` value state: it is read once and migrated.
+    """
 
     def __init__(self, settings: JobSettings) -> None:
         self.settings = settings
@@ -694,8 +701,11 @@ class FanIn(KeyedProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         """Register the keyed state and metrics."""
         _open_logs(self.settings.tracing)
-        self.state = runtime_context.get_state(ValueStateDescriptor("fanin", PICKLED))
+        self.journal = runtime_context.get_list_state(ListStateDescriptor("fanin-journal", PICKLED))
+        self.legacy = runtime_context.get_state(ValueStateDescriptor("fanin", PICKLED))
+        self._cache: dict[str, stages.FanInStates] = {}
         self.outcomes = _counter(runtime_context, "outcomes")
+        self.replays = _counter(runtime_context, "fanin_replays")
 
     def _emit(self, outcomes, timers, ctx):
         for t in set(timers):
@@ -714,33 +724,46 @@ class FanIn(KeyedProcessFunction):
                 )
             yield stages.outcome_json(outcome)
 
-    def _load(self) -> stages.FanInStates:
-        states = self.state.value()
-        return states if states is not None else {}
+    def _states(self, key: str) -> stages.FanInStates:
+        states = self._cache.get(key)
+        if states is None:
+            states = stages.fanin_replay(self.journal.get() or ())
+            legacy = self.legacy.value()
+            if legacy:  # state from a savepoint taken before the journal existed
+                states.update(legacy)
+                self.legacy.clear()
+                self.journal.update([("snapshot", dict(states))])
+            if states:
+                self.replays.inc()
+            self._cache[key] = states
+        return states
 
-    def _store(self, states: stages.FanInStates) -> None:
-        if states:
-            self.state.update(states)
+    def _apply(self, key: str, entry: stages.JournalEntry):
+        states = self._states(key)
+        outcomes, timers = stages.fanin_apply(states, entry)
+        if not states:
+            self.journal.clear()
+            self._cache.pop(key, None)
+        elif stages.fanin_settled(states):
+            self.journal.update([("snapshot", dict(states))])
         else:
-            self.state.clear()
+            self.journal.add(entry)
+        return outcomes, timers
 
     def process_element(self, value, ctx):
         """Apply a plan batch or a branch result batch."""
-        kind, _key, items = value
-        states = self._load()
+        kind, key, items = value
         now_ms = int(time.time() * 1000)
         if kind == "plan":
-            outcomes, timers = stages.fanin_plans(states, items, now_ms, self.settings.stage.fanin_timeout_ms)
+            entry = ("plans", now_ms, self.settings.stage.fanin_timeout_ms, items)
         else:
-            outcomes, timers = stages.fanin_results(states, items, now_ms)
-        self._store(states)
+            entry = ("results", now_ms, items)
+        outcomes, timers = self._apply(key, entry)
         yield from self._emit(outcomes, timers, ctx)
 
     def on_timer(self, timestamp, ctx):
         """Time out pending branches (outcome with pending channels) or clear lingering state."""
-        states = self._load()
-        outcomes, timers = stages.fanin_timer(states, timestamp)
-        self._store(states)
+        outcomes, timers = self._apply(ctx.get_current_key(), ("timer", timestamp))
         yield from self._emit(outcomes, [t for t in timers if t > timestamp], ctx)
 
 

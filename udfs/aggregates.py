@@ -29,9 +29,11 @@ from typing import Any
 
 import orjson
 
+from udfs.events import fast_pickle
 from udfs.fanin import BranchResult
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class BatchObservation:
     """One batch delivered in the window (for batch size statistics)."""
@@ -39,6 +41,7 @@ class BatchObservation:
     size: int
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class MetricsSummary:
     """The result of one accumulator: counts, batch sizes and latency percentiles."""
@@ -57,6 +60,7 @@ class MetricsSummary:
     latency_max: int | None
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class WindowMetrics:
     """A summary placed in its (region, channel, window)."""

@@ -35,10 +35,11 @@ from typing import Any
 
 import orjson
 
-from udfs.events import Event, Rejection
+from udfs.events import Event, Rejection, fast_pickle
 from udfs.tracing import child_of
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class DeliveryItem:
     """One (event, channel) delivery before batching; ``address`` is PII."""
@@ -53,6 +54,7 @@ class DeliveryItem:
     traceparent: str | None = None
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class Message:
     """One provider call: a single item, or a digest of several items to one user."""
@@ -66,6 +68,7 @@ class Message:
     traceparent: str | None = None  # the event's (a digest: its first event's)
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Messages of one (region, channel, window), at most ``max_batch_size`` of them."""

@@ -41,6 +41,7 @@ from udfs.batching import Batch, Message, batch_header, message_fields, message_
 from udfs.breaker import BreakerConfig
 from udfs.delivery_policy import ErrorClass, RetryPolicy, classify, next_delay
 from udfs.dlq import dlq_record
+from udfs.events import fast_pickle
 from udfs.fanin import BranchResult, BranchStatus
 from udfs.tracing import BatchSpan, batch_status
 
@@ -198,6 +199,7 @@ def request_bodies(
 
 
 # --- what a call returned ------------------------------------------------------------------
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class MessageResult:
     """The provider's answer for one message of a bulk call."""

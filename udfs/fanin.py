@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import orjson
 
-from udfs.events import Event, Rejection, fast_constructor
+from udfs.events import Event, Rejection, fast_constructor, fast_pickle
 from udfs.routing import Decision
 
 FANIN_STAGE: Final = "fanin"
@@ -68,6 +68,7 @@ _DELIVERED: Final = BranchStatus.DELIVERED
 _STATUS_BY_VALUE: Final = {s.value: s for s in BranchStatus}
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What the router planned for one event: the fan-in's expected branches."""
@@ -83,6 +84,7 @@ class Plan:
     traceparent: str | None = None
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class BranchResult:
     """The terminal result of delivering one event on one channel."""
@@ -97,6 +99,7 @@ class BranchResult:
     batch_id: str | None = None
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class ChannelOutcome:
     """One channel's line in an outcome record."""
@@ -110,6 +113,7 @@ class ChannelOutcome:
     batch_id: str | None = None
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """The fan-in record for one event (one per version) on ``notifications.outcomes``."""
@@ -128,6 +132,7 @@ class Outcome:
     emitted_at_ms: int
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class FanInState:
     """Keyed fan-in state for one event_id (see the module docstring for the lifecycle)."""

@@ -26,7 +26,7 @@ from udfs import fanin
 from udfs.aggregates import BatchObservation, MetricsAccumulator, WindowMetrics, metrics_to_dict
 from udfs.batching import Batch, DeliveryItem, batch_to_json, item_for, make_batches, span_messages
 from udfs.dlq import dlq_record
-from udfs.events import Event, Rejection, ValidationLimits, parse_event, with_traceparent
+from udfs.events import Event, Rejection, ValidationLimits, fast_pickle, parse_event, with_traceparent
 from udfs.fanin import BranchResult, BranchStatus, FanInState, Outcome, Plan, plan_from_decision
 from udfs.logs import event_extra
 from udfs.routing import RuleSet, address_for, decide
@@ -226,6 +226,7 @@ def topic_batch_span(batch: Batch, window_key: str, now_ms: int) -> BatchSpan:
 
 
 # --- windowed metrics per (region, channel, event-time window) -------------------------------
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class BatchMetrics:
     """One delivered batch's contribution to its (region, channel, window) metrics."""
@@ -310,6 +311,48 @@ def fanin_timer(states: FanInStates, now_ms: int) -> tuple[list[Outcome], list[i
         outcomes.extend(out)
         timers.extend(tms)
     return outcomes, timers
+
+
+# The fan-in's state is a journal: instead of re-pickling a window key's whole dict of
+# per-event states after every branch result (13 writes of ~1,700 events per window key at
+# 20k events/s: the top Python cost in the profile), the operator keeps the dict in memory
+# and appends only each input to a list state. After a restore the dict is rebuilt by
+# replaying the journal through the same transitions, with the times they ran at.
+JournalEntry = tuple[Any, ...]
+"""``("plans", now_ms, timeout_ms, plans)``, ``("results", now_ms, results)``,
+``("timer", now_ms)`` or ``("snapshot", states)``."""
+
+
+def fanin_apply(states: FanInStates, entry: JournalEntry) -> tuple[list[Outcome], list[int]]:
+    """Apply one journal entry to ``states``; return outcomes and timers (as the live call did)."""
+    kind = entry[0]
+    if kind == "plans":
+        return fanin_plans(states, entry[3], entry[1], entry[2])
+    if kind == "results":
+        return fanin_results(states, entry[2], entry[1])
+    if kind == "timer":
+        return fanin_timer(states, entry[1])
+    if kind == "snapshot":
+        states.clear()
+        states.update(entry[1])
+        return [], []
+    raise ValueError(f"unknown fan-in journal entry {kind!r}")
+
+
+def fanin_replay(entries: Iterable[JournalEntry]) -> FanInStates:
+    """Rebuild a window key's states from its journal (outcomes were emitted before: dropped)."""
+    states: FanInStates = {}
+    for entry in entries:
+        fanin_apply(states, entry)
+    return states
+
+
+def fanin_settled(states: FanInStates) -> bool:
+    """Return True when every event's outcome is final (only tombstones are left).
+
+    Then the journal can be compacted into one snapshot of these small states.
+    """
+    return all(s.done for s in states.values())
 
 
 def _deadlines(state: FanInState) -> list[int]:

@@ -453,6 +453,40 @@ def front(args: argparse.Namespace) -> int:
     return 0
 
 
+def profile(args: argparse.Namespace) -> int:
+    """Profile the fan-out job on a backlog: JFR + py-spy on the TaskManager (docs/benchmarks.md)."""
+    from ops.benchprofile import markdown, profile_during
+    from ops.benchrun import RunSpec, Stack, run_job, write_json
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, Stack(Path(tmp)) as stack:
+        spec = RunSpec(
+            "profile",
+            args.mode,
+            args.parallelism,
+            args.latency_ms,
+            provider=not args.no_provider,
+            events=args.events,
+            density=args.density,
+            seconds=args.seconds,  # throughput over the first, unprofiled, interval
+            warmup_s=args.warmup,
+            extra_sets=tuple(args.set),
+        )
+        run = run_job(stack, spec, during=profile_during(args.seconds))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    report = {
+        "experiment": "profile",
+        "command": "scripts/bench profile " + " ".join(sys.argv[2:]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit.stdout.strip(),
+        "run": run,
+    }
+    out = ROOT / "docs" / "benchmarks" / f"profile-{args.label}"
+    write_json(out.with_suffix(".json"), report)
+    out.with_suffix(".md").write_text(markdown(report))
+    print(out.with_suffix(".md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the experiment and run it."""
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
@@ -467,8 +501,20 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quick", action="store_true", help="a small smoke run (results-quick.*)")
     fr = sub.add_parser("front", help="the JVM front alone, legacy vs current SQL")
     fr.add_argument("--events", type=int, default=200_000)
+    pr = sub.add_parser("profile", help="JFR + py-spy on the TaskManager while the job runs")
+    pr.add_argument("--mode", default="fanout", choices=("fanout", "linear"))
+    pr.add_argument("--parallelism", type=int, default=2)
+    pr.add_argument("--latency-ms", type=int, default=0, help="every provider's latency")
+    pr.add_argument("--no-provider", action="store_true", help="channel topics are the delivery")
+    pr.add_argument("--events", type=int, default=100_000, help="backlog (must outlast the profile)")
+    pr.add_argument("--seconds", type=int, default=20, help="profiled seconds")
+    pr.add_argument("--density", type=int, default=1000, help="backlog's event-time rate (events/s)")
+    pr.add_argument("--warmup", type=int, default=60, help="seconds after the first output before sampling")
+    pr.add_argument("--label", default="fanout", help="output: docs/benchmarks/profile-<label>.{json,md}")
+    pr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
-    return {"isolation": isolation, "run": divergence, "front": front}[args.experiment](args)
+    experiments = {"isolation": isolation, "run": divergence, "front": front, "profile": profile}
+    return experiments[args.experiment](args)
 
 
 if __name__ == "__main__":

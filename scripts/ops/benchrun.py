@@ -18,6 +18,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,12 +192,24 @@ class RunSpec:
     events: int = 60_000  # backlog size (rate 0) or events to send (paced)
     rate: int = 0  # 0 = backlog (max throughput); > 0 = paced live events/s (latency)
     seconds: int = 30
+    # The backlog's event-time rate: events per second of occurred_at. It sets the window
+    # batch size (a 1 s window holds `density` events), as live traffic at that rate would.
+    density: int = 1000
     distinct_ids: int = 0  # > 0: unique ids for the dedup scaling runs
+    # Seconds after the first output before the measured interval starts (JIT warm-up: on
+    # this 2-core machine C2 keeps compiling for about a minute after a job starts).
+    warmup_s: int = 0
     extra_sets: tuple[str, ...] = ()
 
 
-def run_job(stack: Stack, spec: RunSpec) -> dict[str, Any]:
-    """Produce the workload, run one job, measure, cancel; return the figures."""
+def run_job(
+    stack: Stack, spec: RunSpec, during: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Produce the workload, run one job, measure, cancel; return the figures.
+
+    ``during({"pids", "cluster", "job_id"})``, if given, runs once the warm-up is over (e.g.
+    a profiler sampling the TaskManager); what it returns is kept under ``result["during"]``.
+    """
     kafka, cluster, sim = stack.kafka, stack.cluster, stack.sim
     admin = SimClient(sim.url)
     admin.reset()
@@ -227,7 +240,7 @@ def run_job(stack: Stack, spec: RunSpec) -> dict[str, Any]:
     occurred: dict[str, int] = {}
     if spec.rate == 0:
         start_ms = int(time.time() * 1000) - 3_600_000
-        backlog = make_events(spec.events, 7, start_ms, 1000.0, tag)
+        backlog = make_events(spec.events, 7, start_ms, float(spec.density), tag)
         produce(kafka.bootstrap, topics["events"], backlog)
     job_file = "passthrough" if spec.job == "passthrough" else "fanout"
     # the previous run's slots must be free again (a cancelled job releases them late)
@@ -259,7 +272,7 @@ def run_job(stack: Stack, spec: RunSpec) -> dict[str, Any]:
     }
     sampler = Sampler({k: v for k, v in pids.items() if v})
     sampler.start()
-    tm_cpu0 = _cpu_ticks(pids["taskmanager"])
+    tm_cpu0 = 0
     out_topic = topics["roundtrip"] if spec.job == "passthrough" else topics["outcomes"]
     producer_thread = None
     if spec.rate > 0:
@@ -271,7 +284,13 @@ def run_job(stack: Stack, spec: RunSpec) -> dict[str, Any]:
         time.sleep(0.2)
     t_first = time.monotonic()
     startup_s = t_first - t_submit
-    while time.monotonic() - t_first < spec.seconds:
+    time.sleep(spec.warmup_s)
+    measure_from_ms = int(time.time() * 1000) if spec.warmup_s else 0
+    t_measure = time.monotonic()
+    during_result = during({"pids": pids, "cluster": cluster, "job_id": sub.job_id}) if during else None
+    tm_cpu0 = _cpu_ticks(pids["taskmanager"])
+    t_cpu0 = time.monotonic()
+    while time.monotonic() - t_measure < spec.seconds:
         if spec.rate == 0 and end_offset_sum(kafka.bootstrap, out_topic) >= spec.events:
             break
         time.sleep(0.5)
@@ -281,7 +300,7 @@ def run_job(stack: Stack, spec: RunSpec) -> dict[str, Any]:
     checkpoints = cluster.rest(f"/jobs/{sub.job_id}/checkpoints")
     vertices = ops_submit.status(cluster, sub.job_id).get("vertices", [])
     tm_cpu_s = (_cpu_ticks(pids["taskmanager"]) - tm_cpu0) / os.sysconf("SC_CLK_TCK")
-    wall_s = time.monotonic() - t_first
+    wall_s = time.monotonic() - t_cpu0
     state = cluster.rest(f"/jobs/{sub.job_id}").get("state")
     failure = None
     if state != "RUNNING":  # record why instead of measuring a dead job silently
@@ -302,18 +321,21 @@ def run_job(stack: Stack, spec: RunSpec) -> dict[str, Any]:
         "job_state_at_end": state,
         "failure": failure,
         "outputs": len(ts),
-        "events_per_s": _rate(ts, spec.seconds),
+        "events_per_s": _rate([t for t in ts if t >= measure_from_ms], spec.seconds),
+        "warmup_s": spec.warmup_s,
         "tm_cpu_cores": round(tm_cpu_s / wall_s, 2) if wall_s else None,
         "peak_rss_mb": round(sampler.peak_kb / 1024),
         "peak_rss_mb_by_role": {k: round(v / 1024) for k, v in sampler.peak_by_role.items()},
         "checkpoint": _checkpoint(checkpoints),
         "vertices": [{"name": v["name"], "parallelism": v["parallelism"]} for v in vertices],
     }
+    if during_result is not None:
+        result["during"] = during_result
     if spec.job != "passthrough" and spec.provider:
         rows = admin.ledger()
         received = sorted(r["received_at_ms"] for r in rows for _ in r["event_ids"])
         result["deliveries"] = len(received)
-        result["deliveries_per_s"] = _rate(received, spec.seconds)
+        result["deliveries_per_s"] = _rate([t for t in received if t >= measure_from_ms], spec.seconds)
         if occurred:
             lat = [r["received_at_ms"] - occurred[e] for r in rows for e in r["event_ids"] if e in occurred]
             result["latency_ms"] = _pcts(lat)
