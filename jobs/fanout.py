@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import base64
 import calendar
+import functools
 import logging
 import sys
 import time
@@ -48,6 +49,7 @@ from pyflink.common import Row, Types
 from pyflink.datastream import (
     DataStream,
     KeyedProcessFunction,
+    KeyedStream,
     OutputTag,
     ProcessFunction,
     RuntimeContext,
@@ -55,6 +57,7 @@ from pyflink.datastream import (
 )
 from pyflink.datastream.functions import BroadcastProcessFunction
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
+from pyflink.java_gateway import get_gateway
 from pyflink.table import DataTypes, Schema, StreamTableEnvironment
 
 from jobs import codeversion
@@ -81,16 +84,35 @@ log = logging.getLogger("notify.fanout")
 ROOT = Path(__file__).resolve().parents[1]
 PICKLED = Types.PICKLED_BYTE_ARRAY()
 DLQ_TAG = OutputTag("dlq", Types.STRING())
-RESULTS_TAG = OutputTag("branch-results", PICKLED)
-METRICS_TAG = OutputTag("metrics", PICKLED)
+# Streams that feed a keyed operator carry Row(key, value): the producer computes the key,
+# so no key_by selector operator is needed (see keyed()).
+KEYED = Types.ROW([Types.STRING(), PICKLED])
+RESULTS_TAG = OutputTag("branch-results", KEYED)
+METRICS_TAG = OutputTag("metrics", KEYED)
 
 
+@functools.cache
 def channel_tag(channel: str) -> OutputTag:
-    """Return the side output carrying one channel's (window key, batch) out of the router.
+    """Return the side output carrying one channel's Row(batch id, (window key, batch)) out of the router.
 
-    PICKLED streams carry Python objects: PyFlink pickles them once between operators.
+    PICKLED values are Python objects: PyFlink pickles them once between operators.
     """
-    return OutputTag(f"channel-{channel}", PICKLED)
+    return OutputTag(f"channel-{channel}", KEYED)
+
+
+def keyed(stream: DataStream) -> KeyedStream:
+    """Key a stream of ``Row(key, value)`` by its first field, with no Python operator.
+
+    PyFlink's ``key_by(selector)`` adds a Python map (``_stream_key_by_map_operator``) that
+    unpickles every value, calls the selector and pickles ``Row(key, value)`` again: in the
+    profile it cost as much as a stage. Here the producers emit ``Row(key, value)``
+    themselves and this does only the Java half of ``key_by`` (the same ``KeyByKeySelector``
+    and operator input type, so the keyed operator sees exactly what ``key_by`` gives it).
+    """
+    j_keyed = stream._j_data_stream.keyBy(
+        get_gateway().jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info()
+    )
+    return KeyedStream(j_keyed, PICKLED, stream)
 
 
 def linear_tag(channel: str) -> OutputTag:
@@ -404,9 +426,9 @@ class _RouterBase:
             counter = self.routed.get(batch.channel)
             if counter is not None:
                 counter.inc(len(batch.event_ids))
-            yield channel_tag(batch.channel), (window.key, batch)
+            yield channel_tag(batch.channel), Row(batch.batch_id, (window.key, batch))
         if routed.plans:
-            yield ("plan", window.key, routed.plans)
+            yield Row(window.key, ("plan", window.key, routed.plans))
 
 
 class Router(ProcessFunction, _RouterBase):
@@ -553,8 +575,9 @@ class Deliver(KeyedProcessFunction):
             if self.spans is not None:
                 self.spans.export(stages.topic_batch_span(batch, window_key, now_ms))
             yield delivered.record.decode()
-            yield RESULTS_TAG, ("results", window_key, delivered.results)
-            yield METRICS_TAG, stages.batch_metrics(batch, delivered.results, self.settings.window_ms)
+            yield RESULTS_TAG, Row(window_key, ("results", window_key, delivered.results))
+            m = stages.batch_metrics(batch, delivered.results, self.settings.window_ms)
+            yield METRICS_TAG, Row(m.key, m)
             return
         pb = new_pending(window_key, batch, now_ms)
         busy = self.state.value() is not None  # a batch id seen twice: never overwrite its state
@@ -641,11 +664,9 @@ class Deliver(KeyedProcessFunction):
             self.dead_lettered.inc()
             yield DLQ_TAG, raw.decode()
         if step.results:
-            yield RESULTS_TAG, ("results", pb.window_key, step.results)
-            yield (
-                METRICS_TAG,
-                stages.batch_metrics(pb.batch, step.results, s.window_ms, observe=not pb.observed),
-            )
+            yield RESULTS_TAG, Row(pb.window_key, ("results", pb.window_key, step.results))
+            m = stages.batch_metrics(pb.batch, step.results, s.window_ms, observe=not pb.observed)
+            yield METRICS_TAG, Row(m.key, m)
             if not pb.observed:
                 self.batch_size.update(len(pb.batch.items))
             pb.observed = True
@@ -986,13 +1007,13 @@ def build(
     if rules_stream is not None:
         routed = (
             batches.connect(rules_stream.broadcast(RULES_STATE))
-            .process(BroadcastRouter(settings), output_type=PICKLED)
+            .process(BroadcastRouter(settings), output_type=KEYED)
             .name("route: validate + decide + plan")
             .uid("route")
         )
     else:
         routed = (
-            batches.process(Router(settings), output_type=PICKLED)
+            batches.process(Router(settings), output_type=KEYED)
             .name("route: validate + decide + plan")
             .uid("route")
         )
@@ -1004,8 +1025,7 @@ def build(
         parallelism = branch.parallelism or cfg.job.parallelism
         group = branch.slot_sharing_group or f"channel-{ch}"
         delivered = (
-            routed.get_side_output(channel_tag(ch))
-            .key_by(lambda v: v[1].batch_id, key_type=Types.STRING())
+            keyed(routed.get_side_output(channel_tag(ch)))
             .process(Deliver(deliver_settings(cfg, settings, ch, parallelism)), output_type=Types.STRING())
             .name(f"deliver-{ch}")
             .uid(f"deliver-{ch}")
@@ -1018,8 +1038,7 @@ def build(
         dlq.append(delivered.get_side_output(DLQ_TAG))
     sinks.attach(dlq[0].union(*dlq[1:]) if len(dlq) > 1 else dlq[0], "dlq")
     outcomes = (
-        routed.union(*to_fanin)
-        .key_by(lambda m: m[1], key_type=Types.STRING())
+        keyed(routed.union(*to_fanin))
         .process(FanIn(settings), output_type=Types.STRING())
         .name("fan-in: branch status per event")
         .uid("fan-in")
@@ -1028,7 +1047,7 @@ def build(
     if metrics:
         per_batch = metrics[0].union(*metrics[1:]) if len(metrics) > 1 else metrics[0]
         windowed = (
-            per_batch.key_by(lambda m: m.key, key_type=Types.STRING())
+            keyed(per_batch)
             .process(WindowMetricsFn(), output_type=Types.STRING())
             .name("metrics: region x channel x window")
             .uid("window-metrics")
