@@ -209,77 +209,160 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def divergence(args: argparse.Namespace) -> int:
-    """Run the main experiment: linear vs fanout by provider latency, scaling, anchors, load."""
+    """Run the main experiment: linear vs fanout by provider latency, scaling, anchors, load.
+
+    All in one invocation on one stack (docs/benchmarks.md explains each choice):
+
+    - every job run gets ``--warmup`` seconds after its first output before the measured
+      ``--seconds`` (the JIT keeps compiling for about a minute on this machine);
+    - backlogs are dense in event time (``--density`` events per second of ``occurred_at``,
+      20,000 = the throughput target) because window batch sizes follow the traffic's rate;
+      one fanout run repeats at 1,000/s to show what small batches cost;
+    - the latency runs offer live events at 25/50/80/100/120% of fanout's own maximum at
+      20 ms providers, with a 500 ms watermark delay (the latency floor is window + delay);
+    - dedup state scaling runs the job's JVM front alone over 10^6 distinct ids;
+    - the memory run keeps fanout at 50% load for ``--memory-minutes``.
+    """
     from ops.benchrun import RunSpec, Stack, kafka_perf, plain_consumer, run_job, write_json
 
     quick = args.quick
     secs = 10 if quick else args.seconds
-    backlog = 8_000 if quick else args.events
+    warm = 5 if quick else args.warmup
     lats = (0, 20) if quick else (0, 20, 200)
+    density = args.density
     runs: list[dict] = []
     anchors: list[dict] = []
 
     def record(result: dict) -> None:
         runs.append(result)
-        print(json.dumps({k: v for k, v in result.items() if k != "vertices"}), flush=True)
+        brief = {k: v for k, v in result.items() if k not in ("vertices", "rss_series", "state_growth")}
+        print(json.dumps(brief), flush=True)
 
+    def backlog(expected_eps: float) -> int:
+        # enough for warm-up + measurement at the expected rate, +50%; within sane bounds
+        return int(min(400_000, max(2_000, expected_eps * (warm + secs) * 1.5)))
+
+    def spec(name: str, job: str, p: int, lat: int, expected: float, **kw: Any) -> RunSpec:
+        return RunSpec(
+            name,
+            job,
+            p,
+            lat,
+            events=kw.pop("events", backlog(expected)),
+            seconds=secs,
+            warmup_s=kw.pop("warmup_s", warm),
+            density=kw.pop("density", density),
+            **kw,
+        )
+
+    # expected events/s per run, to size backlogs (generous: the run stops at `seconds`)
+    fan_fast = 4_000
+    lin = {0: 1_500, 20: 60, 200: 8}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, Stack(Path(tmp)) as stack:
         anchors.append(kafka_perf(stack, 100_000 if quick else 500_000))
         print(json.dumps(anchors[-1]), flush=True)
-        record(run_job(stack, RunSpec("passthrough", "passthrough", 2, events=backlog * 4, seconds=secs)))
+        # a discarded fanout run first: class loading and JIT for every later run
+        run_job(stack, spec("warm-up", "fanout", 2, 0, fan_fast))
+        record(run_job(stack, spec("passthrough", "passthrough", 2, 0, 60_000)))
         for lat in lats:
             anchors.append(plain_consumer(stack, lat, secs))
             print(json.dumps(anchors[-1]), flush=True)
-            for job in ("fanout", "linear"):
-                record(
-                    run_job(stack, RunSpec(f"{job}-p2-{lat}ms", job, 2, lat, events=backlog, seconds=secs))
-                )
+            record(run_job(stack, spec(f"fanout-p2-{lat}ms", "fanout", 2, lat, fan_fast)))
+            record(run_job(stack, spec(f"linear-p2-{lat}ms", "linear", 2, lat, lin[lat])))
         for p in (1, 4):
-            record(run_job(stack, RunSpec(f"fanout-p{p}-0ms", "fanout", p, 0, events=backlog, seconds=secs)))
+            record(run_job(stack, spec(f"fanout-p{p}-0ms", "fanout", p, 0, fan_fast)))
+        record(run_job(stack, spec("fanout-p2-noprovider", "fanout", 2, 0, fan_fast, provider=False)))
+        if not quick:
+            record(run_job(stack, spec("fanout-p2-0ms-sparse", "fanout", 2, 0, 2_000, density=1_000)))
+        # latency vs offered load at 20 ms providers (live events: occurred_at = send time)
+        top = (_by(runs, name="fanout-p2-20ms") or {}).get("events_per_s") or 100
+        live = ("events.max_out_of_orderness_ms=500",)
+        for pct in (50,) if quick else (25, 50, 80, 100, 120):
+            rate = max(10, int(top * pct / 100))
+            r = run_job(
+                stack,
+                RunSpec(
+                    f"fanout-p2-20ms-load{pct}",
+                    "fanout",
+                    2,
+                    20,
+                    events=rate * secs,
+                    rate=rate,
+                    seconds=secs,
+                    extra_sets=live,
+                ),
+            )
+            r["load_pct_of_max"] = pct
+            record(r)
+        # dedup state and checkpoints vs distinct ids (JVM front alone)
+        ids = 20_000 if quick else args.dedup_ids
         record(
             run_job(
                 stack,
-                RunSpec("fanout-p2-noprovider", "fanout", 2, provider=False, events=backlog, seconds=secs),
+                RunSpec(
+                    "dedup-state",
+                    "dedup",
+                    2,
+                    provider=False,
+                    events=0,
+                    distinct_ids=ids,
+                    seconds=600,
+                    density=density,
+                ),
             )
         )
-        top = (_by(runs, name="fanout-p2-20ms") or {}).get("events_per_s") or 100
-        for pct in (25, 50, 80) if not quick else (50,):
-            rate = max(10, int(top * pct / 100))
-            record(
-                run_job(
-                    stack,
-                    RunSpec(
-                        f"fanout-p2-20ms-load{pct}",
-                        "fanout",
-                        2,
-                        20,
-                        events=rate * secs,
-                        rate=rate,
-                        seconds=secs,
-                    ),
-                )
+        # memory over time at half load
+        if not quick and args.memory_minutes > 0:
+            rate = max(10, int(top * 0.5))
+            secs_mem = args.memory_minutes * 60
+            r = run_job(
+                stack,
+                RunSpec(
+                    "fanout-p2-20ms-memory",
+                    "fanout",
+                    2,
+                    20,
+                    events=rate * secs_mem,
+                    rate=rate,
+                    seconds=secs_mem,
+                    extra_sets=live,
+                ),
             )
-            runs[-1]["load_pct_of_max"] = pct
+            r["load_pct_of_max"] = 50
+            record(r)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     eps = lambda name: (_by(runs, name=name) or {}).get("events_per_s")  # noqa: E731
     passthrough = eps("passthrough")
     cpu_bound = eps("fanout-p2-0ms")
     perf = next((a for a in anchors if a["name"] == "kafka-perf"), {})
     knee = _by(runs, name="fanout-p2-20ms-load80") or _by(runs, name="fanout-p2-20ms-load50") or {}
+    mem = _by(runs, name="fanout-p2-20ms-memory") or {}
     summary = {
         "command": "scripts/bench run " + " ".join(sys.argv[2:]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commit": commit.stdout.strip(),
         "machine": f"{os.cpu_count()} cores",
+        "backlog_density_events_per_s": density,
+        "warmup_s": warm,
+        "measured_s": secs,
         "fanout_linear_throughput_ratio_0ms": _ratio(cpu_bound, eps("linear-p2-0ms")),
         "fanout_linear_throughput_ratio_20ms": _ratio(eps("fanout-p2-20ms"), eps("linear-p2-20ms")),
         "fanout_linear_throughput_ratio_200ms": _ratio(eps("fanout-p2-200ms"), eps("linear-p2-200ms")),
         "events_per_s_cpu_bound": cpu_bound,
+        "events_per_s_cpu_bound_sparse_batches": eps("fanout-p2-0ms-sparse"),
         "passthrough_events_per_s": passthrough,
         "fraction_of_passthrough": _ratio(cpu_bound, passthrough),
         "p99_latency_ms_at_80pct_load": (knee.get("latency_ms") or {}).get("p99"),
         "latency_load_pct": knee.get("load_pct_of_max"),
+        "latency_by_load_pct": {
+            str(r["load_pct_of_max"]): {"offered": r["offered_rate"], **(r.get("latency_ms") or {})}
+            for r in runs
+            if r.get("load_pct_of_max") is not None and "memory" not in r["name"]
+        },
         "peak_rss_mb": max((r.get("peak_rss_mb") or 0) for r in runs),
+        "memory_run": _memory_summary(mem),
+        "dedup_state": _dedup_summary(_by(runs, name="dedup-state") or {}),
+        "taskmanager_crashes": [r["name"] for r in runs if r.get("taskmanager_crash")],
         "plain_consumer_events_per_s": {
             a["name"]: a["events_per_s"] for a in anchors if "plain" in a["name"]
         },
@@ -295,6 +378,50 @@ def divergence(args: argparse.Namespace) -> int:
     _plots(runs, out_dir, suffix)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _memory_summary(run: dict) -> dict[str, Any] | None:
+    """Flat or growing? Mean RSS of the first and the last tenth of the run, and the slope."""
+    series = run.get("rss_series") or []
+    if len(series) < 10:
+        return None
+    tenth = max(1, len(series) // 10)
+    first = sum(p[1] for p in series[:tenth]) / tenth
+    last = sum(p[1] for p in series[-tenth:]) / tenth
+    span_min = (series[-1][0] - series[0][0]) / 60
+    return {
+        "minutes": round(span_min, 1),
+        "offered_events_per_s": run.get("offered_rate"),
+        "rss_mb_first_tenth": round(first),
+        "rss_mb_last_tenth": round(last),
+        "growth_mb_per_min": round((last - first) / span_min, 1) if span_min else None,
+        "peak_rss_mb": run.get("peak_rss_mb"),
+        "latency_ms": run.get("latency_ms"),
+    }
+
+
+def _dedup_summary(run: dict) -> list[dict[str, Any]]:
+    """Checkpoint size/duration at the points closest to 10^4, 10^5, 10^6 deduplicated ids."""
+    growth = [g for g in run.get("state_growth") or [] if g.get("checkpoint_id")]
+    out = []
+    for target in (10_000, 100_000, 1_000_000):
+        # the first checkpoint completed after the dedup had seen `target` ids
+        after = [g for g in growth if g["dedup_records_in"] >= target]
+        if not after:
+            continue
+        first_id = after[0]["checkpoint_id"]
+        later = [g for g in after if g["checkpoint_id"] != first_id]
+        g = later[0] if later else after[0]
+        out.append(
+            {
+                "distinct_ids": target,
+                "dedup_records_in_at_sample": g["dedup_records_in"],
+                "checkpoint_size_bytes": g["checkpoint_size_bytes"],
+                "checkpoint_full_size_bytes": g["checkpoint_full_size_bytes"],
+                "checkpoint_duration_ms": g["checkpoint_duration_ms"],
+            }
+        )
+    return out
 
 
 def _markdown(summary: dict, runs: list[dict], anchors: list[dict]) -> str:
@@ -367,6 +494,65 @@ def _plots(runs: list[dict], out_dir: Path, suffix: str) -> None:
     fig.tight_layout()
     fig.savefig(out_dir / f"scaling{suffix}.png", dpi=110)
     plt.close(fig)
+    load = sorted(
+        (r for r in runs if r.get("load_pct_of_max") is not None and "memory" not in r["name"]),
+        key=lambda r: r["offered_rate"],
+    )
+    if load:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for q in ("p50", "p95", "p99"):
+            ax.plot(
+                [r["offered_rate"] for r in load],
+                [(r.get("latency_ms") or {}).get(q) for r in load],
+                marker="o",
+                label=q,
+            )
+        ax.set_xlabel("offered events/s (live, 20 ms providers)")
+        ax.set_ylabel("occurred_at -> provider accepted (ms)")
+        ax.set_title("fanout p2: latency vs offered load")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / f"latency-vs-load{suffix}.png", dpi=110)
+        plt.close(fig)
+    mem = _by(runs, name="fanout-p2-20ms-memory")
+    if mem and mem.get("rss_series"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        series = mem["rss_series"]
+        for role in series[0][2]:
+            ax.plot([p[0] / 60 for p in series], [p[2].get(role, 0) for p in series], label=role)
+        ax.plot([p[0] / 60 for p in series], [p[1] for p in series], label="total", linewidth=2)
+        ax.set_xlabel("minutes")
+        ax.set_ylabel("RSS (MB)")
+        ax.set_title(f"stack memory at {mem['offered_rate']} events/s")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / f"memory{suffix}.png", dpi=110)
+        plt.close(fig)
+    dedup = _by(runs, name="dedup-state")
+    growth = [g for g in (dedup or {}).get("state_growth") or [] if g.get("checkpoint_size_bytes")]
+    if growth:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(
+            [g["dedup_records_in"] for g in growth],
+            [g["checkpoint_full_size_bytes"] / 1e6 for g in growth],
+            marker=".",
+            label="state size (MB)",
+        )
+        ax2 = ax.twinx()
+        ax2.plot(
+            [g["dedup_records_in"] for g in growth],
+            [g["checkpoint_duration_ms"] for g in growth],
+            color="tab:red",
+            marker=".",
+            label="checkpoint ms",
+        )
+        ax.set_xlabel("distinct event ids in the dedup window")
+        ax.set_ylabel("checkpointed state (MB)")
+        ax2.set_ylabel("checkpoint duration (ms)")
+        ax.set_title("dedup state vs distinct ids")
+        fig.tight_layout()
+        fig.savefig(out_dir / f"dedup-state{suffix}.png", dpi=110)
+        plt.close(fig)
 
 
 def front(args: argparse.Namespace) -> int:
@@ -499,6 +685,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seconds", type=int, default=30, help="measured seconds per run")
     run.add_argument("--events", type=int, default=60_000, help="backlog per run")
     run.add_argument("--quick", action="store_true", help="a small smoke run (results-quick.*)")
+    run.add_argument("--warmup", type=int, default=20, help="seconds after the first output, not measured")
+    run.add_argument("--density", type=int, default=20_000, help="backlog's event-time rate (events/s)")
+    run.add_argument("--dedup-ids", type=int, default=1_000_000, help="distinct ids for the state run")
+    run.add_argument("--memory-minutes", type=int, default=10, help="length of the memory run (0: skip)")
     fr = sub.add_parser("front", help="the JVM front alone, legacy vs current SQL")
     fr.add_argument("--events", type=int, default=200_000)
     pr = sub.add_parser("profile", help="JFR + py-spy on the TaskManager while the job runs")

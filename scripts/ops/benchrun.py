@@ -148,22 +148,33 @@ def _children(pid: int) -> list[int]:
 class Sampler(threading.Thread):
     """Samples RSS of the given processes (and their children) every 0.5 s; keeps the peak."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], series_every_s: float = 10.0) -> None:
         super().__init__(daemon=True)
         self.pids = pids
         self.peak_kb = 0
         self.peak_by_role: dict[str, int] = {}
+        # (seconds since start, total RSS MB, by role) every `series_every_s`: flat or growing?
+        self.series: list[tuple[float, int, dict[str, int]]] = []
+        self._every = series_every_s
         self._halt = threading.Event()
 
     def run(self) -> None:
         """Sample until stopped."""
+        t0 = time.monotonic()
+        next_point = 0.0
         while not self._halt.wait(0.5):
             total = 0
+            roles = {}
             for role, pid in self.pids.items():
                 kb = _rss_kb(pid) + sum(_rss_kb(c) for c in _children(pid))
                 self.peak_by_role[role] = max(self.peak_by_role.get(role, 0), kb)
+                roles[role] = kb // 1024
                 total += kb
             self.peak_kb = max(self.peak_kb, total)
+            now = time.monotonic() - t0
+            if now >= next_point:
+                self.series.append((round(now, 1), total // 1024, roles))
+                next_point = now + self._every
 
     def stop(self) -> None:
         """Stop sampling."""
@@ -185,7 +196,7 @@ class RunSpec:
     """One measured run."""
 
     name: str
-    job: str = "fanout"  # fanout | linear | passthrough
+    job: str = "fanout"  # fanout | linear | passthrough | dedup (jobs/dedup_front.py)
     parallelism: int = 2
     latency_ms: int = 0  # every provider's fixed latency
     provider: bool = True
@@ -242,7 +253,12 @@ def run_job(
         start_ms = int(time.time() * 1000) - 3_600_000
         backlog = make_events(spec.events, 7, start_ms, float(spec.density), tag)
         produce(kafka.bootstrap, topics["events"], backlog)
-    job_file = "passthrough" if spec.job == "passthrough" else "fanout"
+    job_file = {"passthrough": "passthrough", "dedup": "dedup_front"}.get(spec.job, "fanout")
+    if spec.distinct_ids:  # the state-scaling runs: every event id distinct, dense in event time
+        start_ms = int(time.time() * 1000) - 3_600_000
+        backlog = make_events(spec.distinct_ids, 7, start_ms, float(spec.density), tag)
+        produce(kafka.bootstrap, topics["events"], backlog)
+        del backlog
     # the previous run's slots must be free again (a cancelled job releases them late)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -269,11 +285,12 @@ def run_job(
     pids = {
         "jobmanager": cluster.pids().get("jobmanager", 0),
         "taskmanager": cluster.pids().get("taskmanager", 0),
+        "kafka": kafka.pid() or 0,
     }
     sampler = Sampler({k: v for k, v in pids.items() if v})
     sampler.start()
     tm_cpu0 = 0
-    out_topic = topics["roundtrip"] if spec.job == "passthrough" else topics["outcomes"]
+    out_topic = topics["roundtrip"] if spec.job in ("passthrough", "dedup") else topics["outcomes"]
     producer_thread = None
     if spec.rate > 0:
         producer_thread = threading.Thread(target=_paced, args=(kafka, topics["events"], spec, tag, occurred))
@@ -290,7 +307,16 @@ def run_job(
     during_result = during({"pids": pids, "cluster": cluster, "job_id": sub.job_id}) if during else None
     tm_cpu0 = _cpu_ticks(pids["taskmanager"])
     t_cpu0 = time.monotonic()
+    growth: list[dict[str, Any]] = []
     while time.monotonic() - t_measure < spec.seconds:
+        if spec.distinct_ids:
+            # until a checkpoint completed after the dedup had seen every id
+            growth.append(_state_point(cluster, sub.job_id))
+            full = [g for g in growth if g["dedup_records_in"] >= spec.distinct_ids]
+            if full and growth[-1]["checkpoint_id"] != full[0]["checkpoint_id"]:
+                break
+            time.sleep(1.0)
+            continue
         if spec.rate == 0 and end_offset_sum(kafka.bootstrap, out_topic) >= spec.events:
             break
         time.sleep(0.5)
@@ -310,6 +336,7 @@ def run_job(
     with contextlib.suppress(Exception):
         ops_submit.wait_state(cluster, sub.job_id, {"CANCELED", "FAILED", "FINISHED"}, timeout_s=60)
     sampler.stop()
+    crash = _taskmanager_crash(cluster, pids["taskmanager"])
     ts = sorted(timestamps(kafka.bootstrap, out_topic))
     result: dict[str, Any] = {
         "name": spec.name,
@@ -326,11 +353,17 @@ def run_job(
         "tm_cpu_cores": round(tm_cpu_s / wall_s, 2) if wall_s else None,
         "peak_rss_mb": round(sampler.peak_kb / 1024),
         "peak_rss_mb_by_role": {k: round(v / 1024) for k, v in sampler.peak_by_role.items()},
+        "rss_series": sampler.series,
+        "density": spec.density if spec.rate == 0 else spec.rate,
         "checkpoint": _checkpoint(checkpoints),
         "vertices": [{"name": v["name"], "parallelism": v["parallelism"]} for v in vertices],
     }
     if during_result is not None:
         result["during"] = during_result
+    if crash is not None:
+        result["taskmanager_crash"] = crash
+    if growth:
+        result["state_growth"] = growth
     if spec.job != "passthrough" and spec.provider:
         rows = admin.ledger()
         received = sorted(r["received_at_ms"] for r in rows for _ in r["event_ids"])
@@ -340,6 +373,37 @@ def run_job(
             lat = [r["received_at_ms"] - occurred[e] for r in rows for e in r["event_ids"] if e in occurred]
             result["latency_ms"] = _pcts(lat)
     return result
+
+
+def _state_point(cluster: LocalFlinkCluster, job_id: str) -> dict[str, Any]:
+    """Return the records the dedup has seen and the latest completed checkpoint's size and duration."""
+    records = ops_submit.vertex_metrics(cluster, job_id, "numRecordsIn")
+    dedup = sum(v for k, v in records.items() if k.startswith("Deduplicate"))
+    latest = ((cluster.rest(f"/jobs/{job_id}/checkpoints").get("latest") or {}).get("completed")) or {}
+    return {
+        "t": round(time.monotonic(), 1),
+        "dedup_records_in": int(dedup),
+        "checkpoint_id": latest.get("id"),
+        "checkpoint_size_bytes": latest.get("checkpointed_size", latest.get("state_size")),
+        "checkpoint_full_size_bytes": latest.get("state_size"),
+        "checkpoint_duration_ms": latest.get("end_to_end_duration"),
+    }
+
+
+def _taskmanager_crash(cluster: LocalFlinkCluster, pid: int) -> dict[str, Any] | None:
+    """If the TaskManager died during the run, keep its crash summary and start a new one."""
+    if not pid or cluster.pids().get("taskmanager") == pid:
+        return None
+    summary: list[str] = []
+    for where in (cluster.home, cluster.log_dir, ROOT, Path.cwd()):
+        for log in Path(where).glob(f"**/hs_err_pid{pid}.log"):
+            lines = log.read_text(errors="replace").splitlines()
+            summary = [ln for ln in lines[:60] if ln.startswith("#") and ln.strip("# ")][:25]
+            break
+        if summary:
+            break
+    cluster.restart_taskmanager()
+    return {"pid": pid, "hs_err_summary": summary}
 
 
 def job_failure(cluster: LocalFlinkCluster, job_id: str) -> str:
