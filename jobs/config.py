@@ -71,6 +71,12 @@ class JobConfig:
     checkpoint_interval_ms: int = 2000
     checkpoint_timeout_ms: int = 60_000
     min_pause_between_checkpoints_ms: int = 500
+    # Barriers start aligned and turn unaligned when alignment takes longer than the timeout:
+    # behind a slow operator (linear mode's blocking calls, a backpressured branch) an
+    # aligned barrier waits for every buffered record, and exactly-once outputs are only
+    # committed when a checkpoint completes.
+    unaligned_checkpoints: bool = True
+    aligned_checkpoint_timeout_ms: int = 1000
     restart_attempts: int = 3
     restart_delay_ms: int = 1000
     # window batches are keyed by (region, bucket): buckets spread one region over subtasks

@@ -346,6 +346,32 @@ def _counter(ctx: RuntimeContext, name: str):
     return ctx.get_metrics_group().add_group("notify").counter(name)
 
 
+class _Level:
+    """A gauge-like value (breaker state, calls in flight) kept in a Flink Counter.
+
+    PyFlink's Python gauges are read by the TaskManager's metrics thread, which calls into
+    the embedded interpreter: during benchmarks, a metrics query (REST, UI, Prometheus) that
+    came after a job's Python operators had closed crashed the whole TaskManager JVM (SIGSEGV
+    in ``take_gil``/``_PyEvalFramePushAndInit`` on thread ``flink-metrics-*``, four hs_err
+    logs). A Counter's value lives in the JVM and only the operator thread moves it, by the
+    change since the last report. The value is as fresh as the branch's last call (every
+    element and poll timer).
+    """
+
+    def __init__(self, counter) -> None:
+        self.counter = counter
+        self.value = 0
+
+    def set(self, value: int) -> None:
+        """Move the counter to ``value``."""
+        delta = value - self.value
+        if delta > 0:
+            self.counter.inc(delta)
+        elif delta < 0:
+            self.counter.dec(-delta)
+        self.value = value
+
+
 def _open_logs(tracing: TracingSettings) -> None:
     """Make this interpreter's ``notify`` loggers write masked JSON lines (thread mode: the TaskManager's)."""
     logs.configure(tracing.log_file, tracing.log_level)
@@ -548,10 +574,15 @@ class Deliver(KeyedProcessFunction):
                 s.address_field,
             )
             self.dispatcher = d
-            group = runtime_context.get_metrics_group().add_group("notify")
-            group.gauge("breaker_state", d.breaker_state)
-            group.gauge("in_flight", lambda: d.in_flight)
-            group.gauge("pending_batches", lambda: d.pending_batches)
+            self.levels = (
+                (_Level(_counter(runtime_context, "breaker_state")), d.breaker_state),
+                (_Level(_counter(runtime_context, "in_flight")), lambda: d.in_flight),
+                (_Level(_counter(runtime_context, "pending_batches")), lambda: d.pending_batches),
+            )
+
+    def _report_levels(self) -> None:
+        for level, read in self.levels:
+            level.set(read())
 
     def close(self) -> None:
         """Stop the dispatcher's workers; export the spans still buffered."""
@@ -583,10 +614,11 @@ class Deliver(KeyedProcessFunction):
         busy = self.state.value() is not None  # a batch id seen twice: never overwrite its state
         if self.settings.synchronous or busy or d.pending_batches >= d.policy.max_pending_batches:
             yield from self._finish(pb)
-            return
-        d.pending_batches += 1
-        self._cache[batch.batch_id] = pb
-        yield from self._advance(pb, ctx, now_ms)
+        else:
+            d.pending_batches += 1
+            self._cache[batch.batch_id] = pb
+            yield from self._advance(pb, ctx, now_ms)
+        self._report_levels()
 
     def on_timer(self, timestamp, ctx):
         """Poll for the answer, retry after the backoff, or re-check a deferral."""
@@ -600,6 +632,7 @@ class Deliver(KeyedProcessFunction):
                 return
             self._cache[key] = pb
         yield from self._advance(pb, ctx, int(time.time() * 1000), stored=True)
+        self._report_levels()
 
     def _advance(self, pb: PendingBatch, ctx, now_ms: int, stored: bool = False):
         # `stored`: the state already holds pb as it is; write it only when it changed (a
@@ -665,8 +698,8 @@ class Deliver(KeyedProcessFunction):
             yield DLQ_TAG, raw.decode()
         if step.results:
             yield RESULTS_TAG, Row(pb.window_key, ("results", pb.window_key, step.results))
-            m = stages.batch_metrics(pb.batch, step.results, s.window_ms, observe=not pb.observed)
-            yield METRICS_TAG, Row(m.key, m)
+            bm = stages.batch_metrics(pb.batch, step.results, s.window_ms, observe=not pb.observed)
+            yield METRICS_TAG, Row(bm.key, bm)
             if not pb.observed:
                 self.batch_size.update(len(pb.batch.items))
             pb.observed = True
@@ -775,6 +808,7 @@ class FanIn(KeyedProcessFunction):
         """Apply a plan batch or a branch result batch."""
         kind, key, items = value
         now_ms = int(time.time() * 1000)
+        entry: stages.JournalEntry
         if kind == "plan":
             entry = ("plans", now_ms, self.settings.stage.fanin_timeout_ms, items)
         else:

@@ -63,6 +63,9 @@ def make_env(cfg: PipelineConfig) -> StreamExecutionEnvironment:
     checkpoints = env.get_checkpoint_config()
     checkpoints.set_checkpoint_timeout(cfg.job.checkpoint_timeout_ms)
     checkpoints.set_min_pause_between_checkpoints(cfg.job.min_pause_between_checkpoints_ms)
+    if cfg.job.unaligned_checkpoints:
+        checkpoints.enable_unaligned_checkpoints()
+        checkpoints.set_aligned_checkpoint_timeout(Duration.of_millis(cfg.job.aligned_checkpoint_timeout_ms))
     return env
 
 

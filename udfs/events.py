@@ -150,7 +150,7 @@ def fast_pickle(cls: type[_T]) -> type[_T]:
         def __reduce__(self: Any) -> tuple[Any, ...]:
             return (_rebuild, (cls, get(self)))
 
-    cls.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign]
     return cls
 
 

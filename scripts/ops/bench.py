@@ -263,7 +263,13 @@ def divergence(args: argparse.Namespace) -> int:
         print(json.dumps(anchors[-1]), flush=True)
         # a discarded fanout run first: class loading and JIT for every later run
         run_job(stack, spec("warm-up", "fanout", 2, 0, fan_fast))
-        record(run_job(stack, spec("passthrough", "passthrough", 2, 0, 60_000)))
+        # the engine's ceiling drains a backlog at ~50k/s: a large one, a short warm-up
+        record(
+            run_job(
+                stack,
+                spec("passthrough", "passthrough", 2, 0, 0, events=150_000 if quick else 800_000, warmup_s=2),
+            )
+        )
         for lat in lats:
             anchors.append(plain_consumer(stack, lat, secs))
             print(json.dumps(anchors[-1]), flush=True)
@@ -503,7 +509,7 @@ def _plots(runs: list[dict], out_dir: Path, suffix: str) -> None:
         for q in ("p50", "p95", "p99"):
             ax.plot(
                 [r["offered_rate"] for r in load],
-                [(r.get("latency_ms") or {}).get(q) for r in load],
+                [(r.get("latency_ms") or {}).get(q) or 0 for r in load],
                 marker="o",
                 label=q,
             )
@@ -673,6 +679,73 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def ab(args: argparse.Namespace) -> int:
+    """Before/after in one run: the same workload on ``--base`` and on this checkout, alternating.
+
+    The base commit is checked out as a git worktree (sharing this checkout's jar cache).
+    The TaskManager is restarted before every run: thread-mode Python keeps the modules of
+    the first job it ran, so each variant needs a fresh interpreter.
+    """
+    from ops.benchrun import RunSpec, Stack, run_job, write_json
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    base = subprocess.run(
+        ["git", "rev-parse", "--short", args.base], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout.strip()
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
+        tree = Path(tmp) / "base"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), base], cwd=ROOT, check=True)
+        try:
+            (tree / ".cache").symlink_to(ROOT / ".cache")
+            with Stack(Path(tmp) / "stack") as stack:
+                variants = {"base": str(tree), "head": ""}
+                for n in range(args.rounds):
+                    order = ["base", "head"] if n % 2 == 0 else ["head", "base"]
+                    for name in order:
+                        stack.cluster.restart_taskmanager()
+                        spec = RunSpec(
+                            f"{name}-{n}",
+                            "fanout",
+                            2,
+                            args.latency_ms,
+                            events=args.events,
+                            seconds=args.seconds,
+                            warmup_s=args.warmup,
+                            density=args.density,
+                            root=variants[name],
+                        )
+                        r = run_job(stack, spec)
+                        r["variant"] = name
+                        results.append(r)
+                        print(
+                            json.dumps(
+                                {k: r.get(k) for k in ("name", "events_per_s", "tm_cpu_cores", "failure")}
+                            )
+                        )
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+
+    def median(name: str) -> float | None:
+        xs = sorted(r["events_per_s"] for r in results if r["variant"] == name and r.get("events_per_s"))
+        return xs[len(xs) // 2] if xs else None
+
+    report = {
+        "experiment": "ab",
+        "command": "scripts/bench ab " + " ".join(sys.argv[2:]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "base": base,
+        "head": head.stdout.strip(),
+        "base_events_per_s_median": median("base"),
+        "head_events_per_s_median": median("head"),
+        "ratio_head_base": _ratio(median("head"), median("base")),
+        "runs": [{k: v for k, v in r.items() if k not in ("vertices", "rss_series")} for r in results],
+    }
+    write_json(ROOT / "docs" / "benchmarks" / f"ab-{base}-{report['head']}.json", report)
+    print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the experiment and run it."""
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
@@ -702,8 +775,16 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--warmup", type=int, default=60, help="seconds after the first output before sampling")
     pr.add_argument("--label", default="fanout", help="output: docs/benchmarks/profile-<label>.{json,md}")
     pr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    abp = sub.add_parser("ab", help="before/after: the same fanout run on --base and on this checkout")
+    abp.add_argument("--base", required=True, help="git revision to compare against")
+    abp.add_argument("--rounds", type=int, default=2, help="runs per variant (alternating order)")
+    abp.add_argument("--latency-ms", type=int, default=0)
+    abp.add_argument("--events", type=int, default=200_000)
+    abp.add_argument("--density", type=int, default=20_000)
+    abp.add_argument("--warmup", type=int, default=20)
+    abp.add_argument("--seconds", type=int, default=30)
     args = parser.parse_args(argv)
-    experiments = {"isolation": isolation, "run": divergence, "front": front, "profile": profile}
+    experiments = {"isolation": isolation, "run": divergence, "front": front, "profile": profile, "ab": ab}
     return experiments[args.experiment](args)
 
 

@@ -100,7 +100,7 @@ def jfr_profile(pid: int, seconds: int, work: Path) -> dict[str, Any]:
         timeout=600,
     )
     jit: collections.Counter[str] = collections.Counter()
-    jit_ms: collections.Counter[str] = collections.Counter()
+    jit_ms: dict[str, float] = collections.defaultdict(float)
     deopt: collections.Counter[str] = collections.Counter()
     for ev in json.loads(compiled.stdout)["recording"]["events"]:
         v = ev["values"]
@@ -113,7 +113,7 @@ def jfr_profile(pid: int, seconds: int, work: Path) -> dict[str, Any]:
             deopt[cls] += 1
     return {
         "jit_compilations": sum(jit.values()),
-        "jit_ms_by_class": [(c, round(ms)) for c, ms in jit_ms.most_common(15)],
+        "jit_ms_by_class": [(c, round(ms)) for c, ms in sorted(jit_ms.items(), key=lambda kv: -kv[1])[:15]],
         "jit_count_by_class": jit.most_common(15),
         "deoptimizations_by_class": deopt.most_common(15),
         "java_samples": java,

@@ -210,6 +210,7 @@ class RunSpec:
     # Seconds after the first output before the measured interval starts (JIT warm-up: on
     # this 2-core machine C2 keeps compiling for about a minute after a job starts).
     warmup_s: int = 0
+    root: str = ""  # the checkout to submit the job from ("": this one; see `scripts/bench ab`)
     extra_sets: tuple[str, ...] = ()
 
 
@@ -269,7 +270,15 @@ def run_job(
             break
         time.sleep(1)
     t_submit = time.monotonic()
-    sub = ops_submit.submit(cluster, job_file, spec.parallelism, None, None, tuple(sets))
+    sub = ops_submit.submit(
+        cluster,
+        job_file,
+        spec.parallelism,
+        None,
+        None,
+        tuple(sets),
+        root=Path(spec.root) if spec.root else ROOT,
+    )
     try:
         ops_submit.wait_state(cluster, sub.job_id, {"RUNNING"})
     except Exception as exc:
@@ -323,6 +332,10 @@ def run_job(
     if producer_thread is not None:
         producer_thread.join()
         time.sleep(5)  # let the last windows close and deliver
+    # Outputs become visible when the checkpoint after them completes: wait for one that was
+    # triggered after the measured interval, or its tail would be aborted at cancel and the
+    # rate undercounted (by up to an interval plus a checkpoint duration).
+    _await_checkpoint_after(cluster, sub.job_id, int(time.time() * 1000), timeout_s=90)
     checkpoints = cluster.rest(f"/jobs/{sub.job_id}/checkpoints")
     vertices = ops_submit.status(cluster, sub.job_id).get("vertices", [])
     tm_cpu_s = (_cpu_ticks(pids["taskmanager"]) - tm_cpu0) / os.sysconf("SC_CLK_TCK")
@@ -375,10 +388,39 @@ def run_job(
     return result
 
 
+def _await_checkpoint_after(cluster: LocalFlinkCluster, job_id: str, after_ms: int, timeout_s: float) -> bool:
+    """Wait until a checkpoint triggered after ``after_ms`` (epoch ms) has completed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            latest = (cluster.rest(f"/jobs/{job_id}/checkpoints").get("latest") or {}).get("completed") or {}
+        except Exception:
+            return False
+        if (latest.get("trigger_timestamp") or 0) >= after_ms:
+            return True
+        if cluster.rest(f"/jobs/{job_id}").get("state") != "RUNNING":
+            return False
+        time.sleep(0.5)
+    return False
+
+
+def _task_records_in(cluster: LocalFlinkCluster, job_id: str, prefix: str) -> int:
+    """Sum the task-level ``<subtask>.numRecordsIn`` of the vertex whose name starts with ``prefix``."""
+    for v in cluster.rest(f"/jobs/{job_id}").get("vertices", []):
+        if not v["name"].startswith(prefix):
+            continue
+        ids = [m["id"] for m in cluster.rest(f"/jobs/{job_id}/vertices/{v['id']}/metrics")]
+        wanted = [i for i in ids if i.split(".", 1)[-1] == "numRecordsIn" and i.split(".", 1)[0].isdigit()]
+        if not wanted:
+            return 0
+        values = cluster.rest(f"/jobs/{job_id}/vertices/{v['id']}/metrics?get={','.join(wanted)}")
+        return int(sum(float(m["value"]) for m in values))
+    return 0
+
+
 def _state_point(cluster: LocalFlinkCluster, job_id: str) -> dict[str, Any]:
     """Return the records the dedup has seen and the latest completed checkpoint's size and duration."""
-    records = ops_submit.vertex_metrics(cluster, job_id, "numRecordsIn")
-    dedup = sum(v for k, v in records.items() if k.startswith("Deduplicate"))
+    dedup = _task_records_in(cluster, job_id, "Deduplicate")
     latest = ((cluster.rest(f"/jobs/{job_id}/checkpoints").get("latest") or {}).get("completed")) or {}
     return {
         "t": round(time.monotonic(), 1),

@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ops.cluster import LocalFlinkCluster, saved_rest_port
@@ -47,9 +48,14 @@ def submit(
     sets: tuple[str, ...] = (),
     savepoint: str | None = None,
     allow_non_restored: bool = False,
+    root: Path = ROOT,
 ) -> Submitted:
-    """Submit ``jobs/<job>.py`` detached; return its id and UI link."""
-    script = ROOT / "jobs" / f"{job}.py"
+    """Submit ``jobs/<job>.py`` detached; return its id and UI link.
+
+    ``root`` is the checkout the job's code comes from (``scripts/bench ab`` submits an older
+    commit's worktree next to the current one).
+    """
+    script = root / "jobs" / f"{job}.py"
     if not script.exists():
         raise StackError(f"no job named {job!r} (expected {script})")
     args = ["run", "-d"]
@@ -57,7 +63,7 @@ def submit(
         args += ["-s", savepoint]
         if allow_non_restored:
             args.append("--allowNonRestoredState")
-    args += ["-py", str(script), "-pyfs", f"{ROOT / 'jobs'},{ROOT / 'udfs'}"]
+    args += ["-py", str(script), "-pyfs", f"{root / 'jobs'},{root / 'udfs'}"]
     job_args: list[str] = []
     if config:
         job_args += ["--config", config]

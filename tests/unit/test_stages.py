@@ -82,7 +82,9 @@ def test_fan_in_journal_replay_rebuilds_the_states_and_compacts_when_settled():
     raws = [event_bytes(event_id=f"j{i}", region="eu-west", recipient=make_recipient()) for i in range(3)]
     routed = stages.route_batch(list(map(_rec, raws)), WINDOW, RULES, CFG)
     results = [stages.deliver_to_topic(b, WINDOW.key, now_ms=5100).results for b in routed.batches]
-    entries = [("plans", 5000, 60_000, routed.plans)] + [("results", 5100 + i, r) for i, r in enumerate(results)]
+    entries = [("plans", 5000, 60_000, routed.plans)] + [
+        ("results", 5100 + i, r) for i, r in enumerate(results)
+    ]
     live: stages.FanInStates = {}
     emitted = []
     for n, entry in enumerate(entries):
