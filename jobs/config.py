@@ -71,11 +71,17 @@ class JobConfig:
     checkpoint_interval_ms: int = 2000
     checkpoint_timeout_ms: int = 60_000
     min_pause_between_checkpoints_ms: int = 500
-    # Barriers start aligned and turn unaligned when alignment takes longer than the timeout:
-    # behind a slow operator (linear mode's blocking calls, a backpressured branch) an
-    # aligned barrier waits for every buffered record, and exactly-once outputs are only
-    # committed when a checkpoint completes.
-    unaligned_checkpoints: bool = True
+    # Barriers start aligned and turn unaligned when alignment takes longer than the timeout.
+    # Behind linear mode's blocking calls an aligned barrier waits for every buffered record
+    # and the exactly-once outputs commit only when a checkpoint completes (none did in 10 s
+    # at 20 ms providers); the fan-out job's in-flight window batches are large, and
+    # persisting them made its checkpoints 94 MB / 5-9 s and cut its throughput (measured,
+    # docs/benchmarks.md). auto = on for linear, off for fanout.
+    unaligned_checkpoints: Literal["auto", "always", "never"] = "auto"
+    # hashmap: keyed state on the JVM heap (fastest while it fits; the dedup window is the
+    # big one); rocksdb: on local disk with incremental checkpoints (docs/benchmarks.md
+    # measures both at 10^6 distinct event ids).
+    state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
     aligned_checkpoint_timeout_ms: int = 1000
     restart_attempts: int = 3
     restart_delay_ms: int = 1000
@@ -178,6 +184,8 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("kafka", "starting_offsets"): ("earliest", "latest", "committed"),
     ("job", "mode"): ("fanout", "linear"),
     ("job", "python_execution_mode"): ("thread", "process"),
+    ("job", "state_backend"): ("hashmap", "rocksdb"),
+    ("job", "unaligned_checkpoints"): ("auto", "always", "never"),
     ("job", "front"): ("current", "legacy"),
     ("tracing", "exporter"): ("none", "file", "otlp"),
     ("tracing", "log_level"): ("DEBUG", "INFO", "WARNING", "ERROR"),

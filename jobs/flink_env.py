@@ -49,6 +49,9 @@ def make_env(cfg: PipelineConfig) -> StreamExecutionEnvironment:
     # virtualenv's site-packages and fails with "No module named 'pemja'".
     conf.set_string("python.pythonpath", python_path())
     conf.set_string("pipeline.name", cfg.job.name)
+    conf.set_string("state.backend.type", cfg.job.state_backend)
+    if cfg.job.state_backend == "rocksdb":
+        conf.set_string("execution.checkpointing.incremental", "true")
     # Local MiniCluster only (a cluster's own config wins): enough slots for one slot
     # sharing group per channel branch next to the default group.
     conf.set_string("taskmanager.numberOfTaskSlots", "16")
@@ -63,7 +66,8 @@ def make_env(cfg: PipelineConfig) -> StreamExecutionEnvironment:
     checkpoints = env.get_checkpoint_config()
     checkpoints.set_checkpoint_timeout(cfg.job.checkpoint_timeout_ms)
     checkpoints.set_min_pause_between_checkpoints(cfg.job.min_pause_between_checkpoints_ms)
-    if cfg.job.unaligned_checkpoints:
+    unaligned = cfg.job.unaligned_checkpoints
+    if unaligned == "always" or (unaligned == "auto" and cfg.job.mode == "linear"):
         checkpoints.enable_unaligned_checkpoints()
         checkpoints.set_aligned_checkpoint_timeout(Duration.of_millis(cfg.job.aligned_checkpoint_timeout_ms))
     return env

@@ -680,28 +680,39 @@ def profile(args: argparse.Namespace) -> int:
 
 
 def ab(args: argparse.Namespace) -> int:
-    """Before/after in one run: the same workload on ``--base`` and on this checkout, alternating.
+    """Before/after in one run: the same fanout workload on several commits, alternating.
 
-    The base commit is checked out as a git worktree (sharing this checkout's jar cache).
-    The TaskManager is restarted before every run: thread-mode Python keeps the modules of
-    the first job it ran, so each variant needs a fresh interpreter.
+    Each revision in ``--revs`` is checked out as a git worktree (sharing this checkout's
+    jar cache); ``HEAD`` means this checkout as it is. The TaskManager is restarted before
+    every run: thread-mode Python keeps the modules of the first job it ran, so each
+    variant needs a fresh interpreter. Rounds alternate the order (first run of a round is
+    not always the same variant).
     """
     from ops.benchrun import RunSpec, Stack, run_job, write_json
 
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    base = subprocess.run(
-        ["git", "rev-parse", "--short", args.base], capture_output=True, text=True, cwd=ROOT, check=True
-    ).stdout.strip()
+    def short(rev: str) -> str:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", rev], capture_output=True, text=True, cwd=ROOT, check=True
+        )
+        return out.stdout.strip()
+
+    revs = [r.strip() for r in args.revs.split(",") if r.strip()]
+    names = [short(r) + ("+worktree" if r == "HEAD" else "") for r in revs]
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
-        tree = Path(tmp) / "base"
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), base], cwd=ROOT, check=True)
+        roots: dict[str, str] = {}
         try:
-            (tree / ".cache").symlink_to(ROOT / ".cache")
+            for rev, name in zip(revs, names, strict=True):
+                if rev == "HEAD":
+                    roots[name] = ""
+                    continue
+                tree = Path(tmp) / name
+                subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True)
+                (tree / ".cache").symlink_to(ROOT / ".cache")
+                roots[name] = str(tree)
             with Stack(Path(tmp) / "stack") as stack:
-                variants = {"base": str(tree), "head": ""}
                 for n in range(args.rounds):
-                    order = ["base", "head"] if n % 2 == 0 else ["head", "base"]
+                    order = names if n % 2 == 0 else list(reversed(names))
                     for name in order:
                         stack.cluster.restart_taskmanager()
                         spec = RunSpec(
@@ -713,36 +724,108 @@ def ab(args: argparse.Namespace) -> int:
                             seconds=args.seconds,
                             warmup_s=args.warmup,
                             density=args.density,
-                            root=variants[name],
+                            root=roots[name],
                         )
                         r = run_job(stack, spec)
                         r["variant"] = name
                         results.append(r)
-                        print(
-                            json.dumps(
-                                {k: r.get(k) for k in ("name", "events_per_s", "tm_cpu_cores", "failure")}
-                            )
-                        )
+                        brief = ("name", "events_per_s", "tm_cpu_cores", "failure")
+                        print(json.dumps({k: r.get(k) for k in brief}), flush=True)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+            for root in roots.values():
+                if root:
+                    subprocess.run(["git", "worktree", "remove", "--force", root], cwd=ROOT, check=False)
 
     def median(name: str) -> float | None:
         xs = sorted(r["events_per_s"] for r in results if r["variant"] == name and r.get("events_per_s"))
         return xs[len(xs) // 2] if xs else None
 
+    first = median(names[0])
     report = {
         "experiment": "ab",
         "command": "scripts/bench ab " + " ".join(sys.argv[2:]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "base": base,
-        "head": head.stdout.strip(),
-        "base_events_per_s_median": median("base"),
-        "head_events_per_s_median": median("head"),
-        "ratio_head_base": _ratio(median("head"), median("base")),
+        "variants": [
+            {
+                "rev": name,
+                "events_per_s_median": median(name),
+                "events_per_s_all": [r.get("events_per_s") for r in results if r["variant"] == name],
+                "tm_cpu_cores_all": [r.get("tm_cpu_cores") for r in results if r["variant"] == name],
+                "ratio_to_first": _ratio(median(name), first),
+            }
+            for name in names
+        ],
         "runs": [{k: v for k, v in r.items() if k not in ("vertices", "rss_series")} for r in results],
     }
-    write_json(ROOT / "docs" / "benchmarks" / f"ab-{base}-{report['head']}.json", report)
+    write_json(ROOT / "docs" / "benchmarks" / f"ab-{names[0]}-{names[-1].split('+')[0]}.json", report)
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=2))
+    return 0
+
+
+def tune(args: argparse.Namespace) -> int:
+    """Two tuning choices, measured in one run: the state backend and the async capacity.
+
+    - Dedup state at ``--dedup-ids`` distinct ids (the JVM front alone) on the heap
+      (``hashmap``) and on RocksDB with incremental checkpoints: checkpoint size/duration and
+      throughput.
+    - ``max_in_flight`` (provider calls in flight per branch subtask) at 200 ms providers.
+    """
+    from ops.benchrun import RunSpec, Stack, run_job, write_json
+
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, Stack(Path(tmp)) as stack:
+        for backend in ("hashmap", "rocksdb"):
+            r = run_job(
+                stack,
+                RunSpec(
+                    f"dedup-{backend}",
+                    "dedup",
+                    2,
+                    provider=False,
+                    events=0,
+                    distinct_ids=args.dedup_ids,
+                    seconds=900,
+                    density=20_000,
+                    extra_sets=(f"job.state_backend={backend}",),
+                ),
+            )
+            r["state_backend"] = backend
+            r["dedup_state"] = _dedup_summary(r)
+            runs.append(r)
+            print(
+                json.dumps({k: r.get(k) for k in ("name", "events_per_s", "dedup_state", "failure")}),
+                flush=True,
+            )
+        for cap in args.in_flight:
+            r = run_job(
+                stack,
+                RunSpec(
+                    f"fanout-p2-200ms-inflight{cap}",
+                    "fanout",
+                    2,
+                    200,
+                    events=60_000,
+                    seconds=args.seconds,
+                    warmup_s=args.warmup,
+                    density=20_000,
+                    max_in_flight=cap,
+                ),
+            )
+            r["max_in_flight"] = cap
+            runs.append(r)
+            print(
+                json.dumps({k: r.get(k) for k in ("name", "events_per_s", "deliveries_per_s", "failure")}),
+                flush=True,
+            )
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    report = {
+        "experiment": "tune",
+        "command": "scripts/bench tune " + " ".join(sys.argv[2:]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit.stdout.strip(),
+        "runs": [{k: v for k, v in r.items() if k not in ("vertices", "rss_series")} for r in runs],
+    }
+    write_json(ROOT / "docs" / "benchmarks" / "tune.json", report)
     return 0
 
 
@@ -775,16 +858,30 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--warmup", type=int, default=60, help="seconds after the first output before sampling")
     pr.add_argument("--label", default="fanout", help="output: docs/benchmarks/profile-<label>.{json,md}")
     pr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    abp = sub.add_parser("ab", help="before/after: the same fanout run on --base and on this checkout")
-    abp.add_argument("--base", required=True, help="git revision to compare against")
+    abp = sub.add_parser("ab", help="before/after: the same fanout run on several commits, alternating")
+    abp.add_argument(
+        "--revs", required=True, help="comma-separated git revisions, oldest first (HEAD = this checkout)"
+    )
     abp.add_argument("--rounds", type=int, default=2, help="runs per variant (alternating order)")
     abp.add_argument("--latency-ms", type=int, default=0)
     abp.add_argument("--events", type=int, default=200_000)
     abp.add_argument("--density", type=int, default=20_000)
     abp.add_argument("--warmup", type=int, default=20)
     abp.add_argument("--seconds", type=int, default=30)
+    tu = sub.add_parser("tune", help="state backend at 10^6 dedup ids; provider calls in flight at 200 ms")
+    tu.add_argument("--dedup-ids", type=int, default=1_000_000)
+    tu.add_argument("--in-flight", type=int, nargs="+", default=[2, 8, 32])
+    tu.add_argument("--warmup", type=int, default=20)
+    tu.add_argument("--seconds", type=int, default=30)
     args = parser.parse_args(argv)
-    experiments = {"isolation": isolation, "run": divergence, "front": front, "profile": profile, "ab": ab}
+    experiments = {
+        "isolation": isolation,
+        "run": divergence,
+        "front": front,
+        "profile": profile,
+        "ab": ab,
+        "tune": tune,
+    }
     return experiments[args.experiment](args)
 
 

@@ -210,6 +210,7 @@ class RunSpec:
     # Seconds after the first output before the measured interval starts (JIT warm-up: on
     # this 2-core machine C2 keeps compiling for about a minute after a job starts).
     warmup_s: int = 0
+    max_in_flight: int = 16  # provider calls in flight per branch subtask (the "async capacity")
     root: str = ""  # the checkout to submit the job from ("": this one; see `scripts/bench ab`)
     extra_sets: tuple[str, ...] = ()
 
@@ -236,7 +237,7 @@ def run_job(
         config=APPEND_TIME,
     )
     policy = stack.work / f"{tag}-delivery.yaml"
-    policy.write_text(yaml.safe_dump({"defaults": {"max_in_flight": 16}}))
+    policy.write_text(yaml.safe_dump({"defaults": {"max_in_flight": spec.max_in_flight}}))
     sets = [
         f"kafka.bootstrap={kafka.bootstrap}",
         f"kafka.group_id=g-{tag}",
