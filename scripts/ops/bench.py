@@ -267,7 +267,7 @@ def divergence(args: argparse.Namespace) -> int:
         record(
             run_job(
                 stack,
-                spec("passthrough", "passthrough", 2, 0, 0, events=150_000 if quick else 800_000, warmup_s=2),
+                spec("passthrough", "passthrough", 2, 0, 0, events=150_000 if quick else 500_000, warmup_s=2),
             )
         )
         for lat in lats:
@@ -769,6 +769,8 @@ def tune(args: argparse.Namespace) -> int:
       (``hashmap``) and on RocksDB with incremental checkpoints: checkpoint size/duration and
       throughput.
     - ``max_in_flight`` (provider calls in flight per branch subtask) at 200 ms providers.
+    - The other side of the divergence: linear and fanout latency at a low live rate
+      (``--low-rate``, 20 ms providers), where the window, not throughput, decides.
     """
     from ops.benchrun import RunSpec, Stack, run_job, write_json
 
@@ -815,6 +817,26 @@ def tune(args: argparse.Namespace) -> int:
             runs.append(r)
             print(
                 json.dumps({k: r.get(k) for k in ("name", "events_per_s", "deliveries_per_s", "failure")}),
+                flush=True,
+            )
+        # the other side of the divergence: at a low rate, latency (linear has no window)
+        for job in ("linear", "fanout"):
+            r = run_job(
+                stack,
+                RunSpec(
+                    f"{job}-p2-20ms-live{args.low_rate}",
+                    job,
+                    2,
+                    20,
+                    events=args.low_rate * args.seconds,
+                    rate=args.low_rate,
+                    seconds=args.seconds,
+                    extra_sets=("events.max_out_of_orderness_ms=500",),
+                ),
+            )
+            runs.append(r)
+            print(
+                json.dumps({k: r.get(k) for k in ("name", "events_per_s", "latency_ms", "failure")}),
                 flush=True,
             )
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
@@ -872,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     tu.add_argument("--dedup-ids", type=int, default=1_000_000)
     tu.add_argument("--in-flight", type=int, nargs="+", default=[2, 8, 32])
     tu.add_argument("--warmup", type=int, default=20)
+    tu.add_argument("--low-rate", type=int, default=20, help="events/s of the low-load latency runs")
     tu.add_argument("--seconds", type=int, default=30)
     args = parser.parse_args(argv)
     experiments = {

@@ -218,6 +218,26 @@ class RunSpec:
 def run_job(
     stack: Stack, spec: RunSpec, during: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 ) -> dict[str, Any]:
+    """Run one job (see :func:`_run_job`); a run that raises is recorded as failed, not fatal."""
+    try:
+        return _run_job(stack, spec, during)
+    except Exception as exc:
+        import traceback
+
+        return {
+            "name": spec.name,
+            "job": spec.job,
+            "parallelism": spec.parallelism,
+            "provider_latency_ms": spec.latency_ms,
+            "offered_rate": spec.rate or "backlog",
+            "events_per_s": None,
+            "failure": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-1500:]}",
+        }
+
+
+def _run_job(
+    stack: Stack, spec: RunSpec, during: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Produce the workload, run one job, measure, cancel; return the figures.
 
     ``during({"pids", "cluster", "job_id"})``, if given, runs once the warm-up is over (e.g.
@@ -254,12 +274,12 @@ def run_job(
     if spec.rate == 0:
         start_ms = int(time.time() * 1000) - 3_600_000
         backlog = make_events(spec.events, 7, start_ms, float(spec.density), tag)
-        produce(kafka.bootstrap, topics["events"], backlog)
+        produce(kafka.bootstrap, topics["events"], backlog, flush_timeout_s=600)
     job_file = {"passthrough": "passthrough", "dedup": "dedup_front"}.get(spec.job, "fanout")
     if spec.distinct_ids:  # the state-scaling runs: every event id distinct, dense in event time
         start_ms = int(time.time() * 1000) - 3_600_000
         backlog = make_events(spec.distinct_ids, 7, start_ms, float(spec.density), tag)
-        produce(kafka.bootstrap, topics["events"], backlog)
+        produce(kafka.bootstrap, topics["events"], backlog, flush_timeout_s=600)
         del backlog
     # the previous run's slots must be free again (a cancelled job releases them late)
     deadline = time.monotonic() + 90

@@ -14,7 +14,13 @@ def fresh_name(label: str) -> str:
     return f"t-{label}-{uuid.uuid4().hex[:10]}"
 
 
-def produce(bootstrap: str, topic: str, values: Iterable[bytes], keys: Iterable[bytes] | None = None) -> int:
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: Iterable[bytes],
+    keys: Iterable[bytes] | None = None,
+    flush_timeout_s: float = 30,
+) -> int:
     """Produce ``values`` (optionally keyed) and flush; return how many were sent."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     n = 0
@@ -24,7 +30,7 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes], keys: Iterable[
             key = next(key_iter) if key_iter is not None else None
             producer.send(topic, value=value, key=key)
             n += 1
-        producer.flush(timeout=30)
+        producer.flush(timeout=flush_timeout_s)
     finally:
         producer.close(timeout=10)
     return n
