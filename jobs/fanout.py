@@ -758,6 +758,7 @@ class FanIn(KeyedProcessFunction):
         self.journal = runtime_context.get_list_state(ListStateDescriptor("fanin-journal", PICKLED))
         self.legacy = runtime_context.get_state(ValueStateDescriptor("fanin", PICKLED))
         self._cache: dict[str, stages.FanInStates] = {}
+        self._settled: set[str] = set()  # keys whose journal is a snapshot (+ timer entries)
         self.outcomes = _counter(runtime_context, "outcomes")
         self.replays = _counter(runtime_context, "fanin_replays")
 
@@ -798,8 +799,12 @@ class FanIn(KeyedProcessFunction):
         if not states:
             self.journal.clear()
             self._cache.pop(key, None)
-        elif stages.fanin_settled(states):
+            self._settled.discard(key)
+        elif key not in self._settled and stages.fanin_settled(states):
+            # compact once, when the key's last outcome is out; the tombstone timers that
+            # follow are appended (a rewrite per timer re-pickled the shrinking snapshot)
             self.journal.update([("snapshot", dict(states))])
+            self._settled.add(key)
         else:
             self.journal.add(entry)
         return outcomes, timers

@@ -776,7 +776,7 @@ def tune(args: argparse.Namespace) -> int:
 
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, Stack(Path(tmp)) as stack:
-        for backend in ("hashmap", "rocksdb"):
+        for backend in args.backends:
             r = run_job(
                 stack,
                 RunSpec(
@@ -820,7 +820,7 @@ def tune(args: argparse.Namespace) -> int:
                 flush=True,
             )
         # the other side of the divergence: at a low rate, latency (linear has no window)
-        for job in ("linear", "fanout"):
+        for job in ("linear", "fanout") if args.low_rate > 0 else ():
             r = run_job(
                 stack,
                 RunSpec(
@@ -892,6 +892,7 @@ def main(argv: list[str] | None = None) -> int:
     abp.add_argument("--seconds", type=int, default=30)
     tu = sub.add_parser("tune", help="state backend at 10^6 dedup ids; provider calls in flight at 200 ms")
     tu.add_argument("--dedup-ids", type=int, default=1_000_000)
+    tu.add_argument("--backends", nargs="*", default=["hashmap", "rocksdb"], help="state backends to compare")
     tu.add_argument("--in-flight", type=int, nargs="+", default=[2, 8, 32])
     tu.add_argument("--warmup", type=int, default=20)
     tu.add_argument("--low-rate", type=int, default=20, help="events/s of the low-load latency runs")

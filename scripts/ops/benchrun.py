@@ -358,6 +358,7 @@ def _run_job(
     # rate undercounted (by up to an interval plus a checkpoint duration).
     _await_checkpoint_after(cluster, sub.job_id, int(time.time() * 1000), timeout_s=90)
     checkpoints = cluster.rest(f"/jobs/{sub.job_id}/checkpoints")
+    by_vertex = _checkpoint_by_vertex(cluster, sub.job_id, checkpoints)
     vertices = ops_submit.status(cluster, sub.job_id).get("vertices", [])
     tm_cpu_s = (_cpu_ticks(pids["taskmanager"]) - tm_cpu0) / os.sysconf("SC_CLK_TCK")
     wall_s = time.monotonic() - t_cpu0
@@ -389,7 +390,7 @@ def _run_job(
         "peak_rss_mb_by_role": {k: round(v / 1024) for k, v in sampler.peak_by_role.items()},
         "rss_series": sampler.series,
         "density": spec.density if spec.rate == 0 else spec.rate,
-        "checkpoint": _checkpoint(checkpoints),
+        "checkpoint": {**_checkpoint(checkpoints), "state_bytes_by_vertex": by_vertex},
         "vertices": [{"name": v["name"], "parallelism": v["parallelism"]} for v in vertices],
     }
     if during_result is not None:
@@ -485,6 +486,24 @@ def _rate(ts: list[int], seconds: int) -> float | None:
     window = [t for t in ts if t <= t0 + seconds * 1000]
     span = (window[-1] - t0) / 1000
     return round(len(window) / span, 1) if span > 0 else None
+
+
+def _checkpoint_by_vertex(cluster: LocalFlinkCluster, job_id: str, c: dict[str, Any]) -> dict[str, int]:
+    """State size per vertex in the latest completed checkpoint: what the checkpoint is made of."""
+    latest = (c.get("latest") or {}).get("completed") or {}
+    if not latest.get("id"):
+        return {}
+    try:
+        names = {v["id"]: v["name"] for v in cluster.rest(f"/jobs/{job_id}").get("vertices", [])}
+        detail = cluster.rest(f"/jobs/{job_id}/checkpoints/details/{latest['id']}")
+    except Exception:
+        return {}
+    out = {}
+    for vid, task in (detail.get("tasks") or {}).items():
+        size = task.get("state_size", task.get("checkpointed_size")) or 0
+        if size:
+            out[names.get(vid, vid)[:60]] = size
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def _checkpoint(c: dict[str, Any]) -> dict[str, Any]:
