@@ -244,7 +244,7 @@ def _run_job(
     a profiler sampling the TaskManager); what it returns is kept under ``result["during"]``.
     """
     kafka, cluster, sim = stack.kafka, stack.cluster, stack.sim
-    admin = SimClient(sim.url)
+    admin = SimClient(sim.url, timeout_s=600)  # a 10-minute run's ledger is ~10^6 rows
     admin.reset()
     for ch in CHANNELS:
         admin.set_behaviour(ch, {"latency": {"model": "fixed", "ms": spec.latency_ms}})
