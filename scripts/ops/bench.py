@@ -692,7 +692,7 @@ def ab(args: argparse.Namespace) -> int:
         return out.stdout.strip()
 
     revs = [r.strip() for r in args.revs.split(",") if r.strip()]
-    names = [short(r) + ("+worktree" if r == "HEAD" else "") for r in revs]
+    names = [short(r) + ("-worktree" if r == "HEAD" else "") for r in revs]
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
         roots: dict[str, str] = {}
@@ -752,7 +752,7 @@ def ab(args: argparse.Namespace) -> int:
         ],
         "runs": [{k: v for k, v in r.items() if k not in ("vertices", "rss_series")} for r in results],
     }
-    write_json(ROOT / "docs" / "benchmarks" / f"ab-{names[0]}-{names[-1].split('+')[0]}.json", report)
+    write_json(ROOT / "docs" / "benchmarks" / f"ab-{names[0]}-{names[-1].split('-')[0]}.json", report)
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=2))
     return 0
 
