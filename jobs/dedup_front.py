@@ -22,6 +22,7 @@ from pyflink.table import StreamTableEnvironment
 from jobs.config import load_config
 from jobs.fanout import front_sql, kafka_events_table
 from jobs.flink_env import make_env
+from jobs.passthrough import insert_exactly_once
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,19 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     t_env.get_config().set("table.exec.state.ttl", f"{cfg.events.dedup_ttl_ms} ms")
     kafka_events_table(t_env, cfg)
     front_sql(t_env, cfg)
-    k = cfg.kafka
-    t_env.execute_sql(f"""
-        CREATE TEMPORARY TABLE events_out (`raw` BYTES) WITH (
-          'connector' = 'kafka', 'topic' = '{cfg.topics.roundtrip}',
-          'properties.bootstrap.servers' = '{k.bootstrap}',
-          'properties.transaction.timeout.ms' = '{k.transaction_timeout_ms}',
-          'sink.delivery-guarantee' = 'exactly-once',
-          'sink.transactional-id-prefix' = '{k.transactional_id_prefix}-dedup',
-          'format' = 'raw')""")
-    statements = t_env.create_statement_set()
-    statements.add_insert_sql("INSERT INTO events_out SELECT `raw` FROM deduped")
-    statements.attach_as_datastream()
-    env.execute(f"{cfg.job.name}-dedup-front")
+    insert_exactly_once(env, t_env, cfg, "SELECT `raw` FROM deduped", "dedup-front")
 
 
 if __name__ == "__main__":

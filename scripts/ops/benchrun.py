@@ -224,15 +224,20 @@ def run_job(
     except Exception as exc:
         import traceback
 
-        return {
-            "name": spec.name,
-            "job": spec.job,
-            "parallelism": spec.parallelism,
-            "provider_latency_ms": spec.latency_ms,
-            "offered_rate": spec.rate or "backlog",
-            "events_per_s": None,
-            "failure": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-1500:]}",
-        }
+        return _failed(spec, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-1500:]}")
+
+
+def _failed(spec: RunSpec, why: str) -> dict[str, Any]:
+    """Return the result of a run that produced no figures, and why."""
+    return {
+        "name": spec.name,
+        "job": spec.job,
+        "parallelism": spec.parallelism,
+        "provider_latency_ms": spec.latency_ms,
+        "offered_rate": spec.rate or "backlog",
+        "events_per_s": None,
+        "failure": why,
+    }
 
 
 def _run_job(
@@ -303,15 +308,7 @@ def _run_job(
     try:
         ops_submit.wait_state(cluster, sub.job_id, {"RUNNING"})
     except Exception as exc:
-        return {
-            "name": spec.name,
-            "job": spec.job,
-            "parallelism": spec.parallelism,
-            "provider_latency_ms": spec.latency_ms,
-            "offered_rate": spec.rate or "backlog",
-            "events_per_s": None,
-            "failure": f"did not start: {exc}: {job_failure(cluster, sub.job_id)}",
-        }
+        return _failed(spec, f"did not start: {exc}: {job_failure(cluster, sub.job_id)}")
     pids = {
         "jobmanager": cluster.pids().get("jobmanager", 0),
         "taskmanager": cluster.pids().get("taskmanager", 0),
