@@ -49,6 +49,7 @@ def make_env(cfg: PipelineConfig) -> StreamExecutionEnvironment:
     # virtualenv's site-packages and fails with "No module named 'pemja'".
     conf.set_string("python.pythonpath", python_path())
     conf.set_string("pipeline.name", cfg.job.name)
+    conf.set_string("pipeline.auto-watermark-interval", f"{cfg.job.watermark_interval_ms} ms")
     conf.set_string("state.backend.type", cfg.job.state_backend)
     if cfg.job.state_backend == "rocksdb":
         conf.set_string("execution.checkpointing.incremental", "true")
@@ -62,6 +63,7 @@ def make_env(cfg: PipelineConfig) -> StreamExecutionEnvironment:
     if cfg.kafka.enabled:
         env.add_jars(connector_jar().as_uri())
     env.set_parallelism(cfg.job.parallelism)
+    env.set_buffer_timeout(cfg.job.buffer_timeout_ms)
     env.enable_checkpointing(cfg.job.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     checkpoints = env.get_checkpoint_config()
     checkpoints.set_checkpoint_timeout(cfg.job.checkpoint_timeout_ms)

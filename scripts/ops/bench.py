@@ -299,9 +299,10 @@ def divergence(args: argparse.Namespace) -> int:
                     "fanout",
                     2,
                     20,
-                    events=rate * secs,
+                    events=rate * (warm + secs + 180),  # a cap: the producer stops after the run
                     rate=rate,
                     seconds=secs,
+                    warmup_s=warm,
                     extra_sets=live,
                 ),
             )
@@ -379,23 +380,58 @@ def divergence(args: argparse.Namespace) -> int:
     return 0
 
 
-def _memory_summary(run: dict) -> dict[str, Any] | None:
-    """Flat or growing? Mean RSS of the first and the last tenth of the run, and the slope."""
-    series = run.get("rss_series") or []
-    if len(series) < 10:
+def _slope_mb_per_min(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, MB) points, in MB per minute."""
+    if len(points) < 3:
         return None
-    tenth = max(1, len(series) // 10)
-    first = sum(p[1] for p in series[:tenth]) / tenth
-    last = sum(p[1] for p in series[-tenth:]) / tenth
-    span_min = (series[-1][0] - series[0][0]) / 60
+    n = len(points)
+    mx = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    var = sum((p[0] - mx) ** 2 for p in points)
+    return round(60 * sum((p[0] - mx) * (p[1] - my) for p in points) / var, 1) if var else None
+
+
+def _memory_summary(run: dict, skip_s: float | None = None) -> dict[str, Any] | None:
+    """Flat or growing? RSS (whole stack and per role) after start-up and warm-up.
+
+    The series starts at job submission: the first ``skip_s`` seconds (start-up + warm-up,
+    default: the run's start-up time + its warm-up) are the JVMs and interpreters filling
+    up, not the steady state, and are left out. Reports the mean of the first and last tenth
+    of the rest and the least-squares slope in MB/min, for the stack and for each process.
+    """
+    series = run.get("rss_series") or []
+    if skip_s is None:
+        skip_s = (run.get("startup_s") or 0) + (run.get("warmup_s") or 0)
+    steady = [p for p in series if p[0] >= skip_s]
+    if len(steady) < 10:
+        return None
+    tenth = max(1, len(steady) // 10)
+    first = sum(p[1] for p in steady[:tenth]) / tenth
+    last = sum(p[1] for p in steady[-tenth:]) / tenth
+    span_min = (steady[-1][0] - steady[0][0]) / 60
+    roles = sorted({r for p in steady for r in (p[2] if len(p) > 2 else {})})
+    by_role = {
+        role: {
+            "first_mb": steady[0][2].get(role),
+            "last_mb": steady[-1][2].get(role),
+            "slope_mb_per_min": _slope_mb_per_min([(p[0], p[2][role]) for p in steady if role in p[2]]),
+        }
+        for role in roles
+    }
     return {
         "minutes": round(span_min, 1),
+        "left_out_s": round(skip_s),
         "offered_events_per_s": run.get("offered_rate"),
+        "achieved_offered_events_per_s": run.get("achieved_offered_rate"),
         "rss_mb_first_tenth": round(first),
         "rss_mb_last_tenth": round(last),
         "growth_mb_per_min": round((last - first) / span_min, 1) if span_min else None,
+        "slope_mb_per_min": _slope_mb_per_min([(p[0], p[1]) for p in steady]),
+        "by_role": by_role,
         "peak_rss_mb": run.get("peak_rss_mb"),
         "latency_ms": run.get("latency_ms"),
+        "checkpoint_state_bytes_by_vertex": (run.get("checkpoint") or {}).get("state_bytes_by_vertex"),
+        "extra_sets": run.get("extra_sets"),
     }
 
 
@@ -467,9 +503,12 @@ def _plot_memory(mem: dict | None, out_dir: Path, suffix: str) -> None:
     for role in series[0][2]:
         ax.plot([p[0] / 60 for p in series], [p[2].get(role, 0) for p in series], label=role)
     ax.plot([p[0] / 60 for p in series], [p[1] for p in series], label="total", linewidth=2)
-    ax.set_xlabel("minutes")
+    warm = (mem.get("startup_s") or 0) + (mem.get("warmup_s") or 0)
+    ax.axvline(warm / 60, linestyle=":", color="grey", label="start-up + warm-up")
+    ax.set_xlabel("minutes since submission")
     ax.set_ylabel("RSS (MB)")
-    ax.set_title(f"stack memory at {mem['offered_rate']} events/s")
+    sets = ", ".join(mem.get("extra_sets") or [])
+    ax.set_title(f"stack RSS at {mem['offered_rate']} events/s" + (f"\n{sets}" if sets else ""), fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / f"memory{suffix}.png", dpi=110)
@@ -692,12 +731,17 @@ def ab(args: argparse.Namespace) -> int:
         return out.stdout.strip()
 
     revs = [r.strip() for r in args.revs.split(",") if r.strip()]
-    names = [short(r) + ("-worktree" if r == "HEAD" else "") for r in revs]
+    rev_names = [short(r) + ("-worktree" if r == "HEAD" else "") for r in revs]
+    configs = _variants(args.variant)
+    plain = len(configs) == 1 and not configs[0][1]
+    # every revision x configuration pair is one variant: name -> (revision's name, --set values)
+    variant_of = {(rn if plain else f"{rn}-{cn}"): (rn, sets) for rn in rev_names for cn, sets in configs}
+    names = list(variant_of)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
         roots: dict[str, str] = {}
         try:
-            for rev, name in zip(revs, names, strict=True):
+            for rev, name in zip(revs, rev_names, strict=True):
                 if rev == "HEAD":
                     roots[name] = ""
                     continue
@@ -719,7 +763,8 @@ def ab(args: argparse.Namespace) -> int:
                             seconds=args.seconds,
                             warmup_s=args.warmup,
                             density=args.density,
-                            root=roots[name],
+                            root=roots[variant_of[name][0]],
+                            extra_sets=variant_of[name][1],
                         )
                         r = run_job(stack, spec)
                         r["variant"] = name
@@ -737,9 +782,8 @@ def ab(args: argparse.Namespace) -> int:
 
     first = median(names[0])
     report = {
-        "experiment": "ab",
-        "command": "scripts/bench ab " + " ".join(sys.argv[2:]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **_header("ab"),
+        "configurations": {n: list(sets) for n, sets in configs},
         "variants": [
             {
                 "rev": name,
@@ -752,7 +796,8 @@ def ab(args: argparse.Namespace) -> int:
         ],
         "runs": [{k: v for k, v in r.items() if k not in ("vertices", "rss_series")} for r in results],
     }
-    write_json(ROOT / "docs" / "benchmarks" / f"ab-{names[0]}-{names[-1].split('-')[0]}.json", report)
+    label = args.label or f"{names[0]}-{names[-1].split('-')[0]}"
+    write_json(ROOT / "docs" / "benchmarks" / f"ab-{label}.json", report)
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=2))
     return 0
 
@@ -823,9 +868,10 @@ def tune(args: argparse.Namespace) -> int:
                     job,
                     2,
                     20,
-                    events=args.low_rate * args.seconds,
+                    events=args.low_rate * (args.warmup + args.seconds + 180),
                     rate=args.low_rate,
                     seconds=args.seconds,
+                    warmup_s=args.warmup,
                     extra_sets=("events.max_out_of_orderness_ms=500",),
                 ),
             )
@@ -842,8 +888,170 @@ def tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _memory_spec(rate: int, minutes: int) -> Any:
-    """Return the memory run: fanout p=2, 20 ms providers, ``rate`` live events/s for ``minutes``."""
+def _variants(given: list[str] | None) -> list[tuple[str, tuple[str, ...]]]:
+    """Parse ``--variant NAME:section.key=value,...`` options (none: one default variant)."""
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for v in given or ["default:"]:
+        name, _, sets = v.partition(":")
+        out.append((name, tuple(s for s in sets.split(",") if s)))
+    return out
+
+
+def _merge_summary(header: dict[str, str], figures: dict[str, Any]) -> None:
+    """Update ``summary.json`` with figures measured by a later, narrower experiment.
+
+    Each merged key is listed under ``sources`` with the command, date and commit that
+    produced it, so the summary never claims one run produced every number.
+    """
+    from ops.benchrun import write_json
+
+    path = ROOT / "docs" / "benchmarks" / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary.update(figures)
+    sources = summary.setdefault("sources", {})
+    for key in figures:
+        sources[key] = {k: header[k] for k in ("command", "date", "commit")}
+    write_json(path, summary)
+
+
+def load(args: argparse.Namespace) -> int:
+    """Latency vs offered load (the knee), live events at 20 ms providers, fanout p=2.
+
+    ``--max`` is fanout's maximum at 20 ms providers (measured first on a dense backlog when
+    not given). Each load point offers ``pct`` % of it as live events (occurred_at = send
+    time) for ``--seconds``; latency is the provider ledger's receive time minus occurred_at.
+    ``--variant name:section.key=value,...`` runs each load point once per variant,
+    alternating, so configurations are compared in one run.
+    """
+    from ops.benchrun import RunSpec, Stack, run_job, write_json
+
+    variants = _variants(args.variant)
+    live = ("events.max_out_of_orderness_ms=500",)
+    runs: list[dict[str, Any]] = []
+    header = _header("load")
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, Stack(Path(tmp)) as stack:
+        # each variant's maximum on a dense backlog (throughput is what a latency setting costs);
+        # the first variant's maximum (or --max) sets the offered rates of every variant
+        maxima: dict[str, dict[str, Any]] = {}
+        for name, sets in variants:
+            m = run_job(
+                stack,
+                RunSpec(
+                    f"fanout-p2-20ms-max-{name}",
+                    "fanout",
+                    2,
+                    20,
+                    events=200_000,
+                    seconds=args.seconds,
+                    warmup_s=args.warmup,
+                    density=20_000,
+                    extra_sets=sets,
+                ),
+            )
+            maxima[name] = {k: v for k, v in m.items() if k not in ("vertices", "rss_series")}
+            print(json.dumps({k: m.get(k) for k in ("name", "events_per_s", "failure")}), flush=True)
+        top = args.max or maxima[variants[0][0]].get("events_per_s") or 1000
+        for pct in args.pcts:
+            rate = max(10, int(top * pct / 100))
+            for name, sets in variants:
+                r = run_job(
+                    stack,
+                    RunSpec(
+                        f"fanout-p2-20ms-load{pct}-{name}",
+                        "fanout",
+                        2,
+                        20,
+                        events=rate * (args.warmup + args.seconds + 180),
+                        rate=rate,
+                        seconds=args.seconds,
+                        warmup_s=args.warmup,
+                        extra_sets=live + sets,
+                    ),
+                )
+                r["load_pct_of_max"] = pct
+                r["variant"] = name
+                runs.append(r)
+                print(
+                    json.dumps(
+                        {
+                            k: r.get(k)
+                            for k in (
+                                "name",
+                                "achieved_offered_rate",
+                                "events_per_s",
+                                "latency_ms",
+                                "failure",
+                            )
+                        }
+                    ),
+                    flush=True,
+                )
+    report = {
+        **header,
+        "max_events_per_s": top,
+        "max_runs": maxima,
+        "variants": {n: list(s) for n, s in variants},
+        "runs": [{k: v for k, v in r.items() if k not in ("vertices", "rss_series")} for r in runs],
+    }
+    write_json(ROOT / "docs" / "benchmarks" / "load.json", report)
+    _plot_load(runs, ROOT / "docs" / "benchmarks")
+    if args.summary_variant:
+        chosen = [r for r in runs if r["variant"] == args.summary_variant]
+        by_pct = {
+            str(r["load_pct_of_max"]): {
+                "offered": r["offered_rate"],
+                "achieved": r.get("achieved_offered_rate"),
+                **(r.get("latency_ms") or {}),
+            }
+            for r in chosen
+        }
+        _merge_summary(
+            header,
+            {
+                "p99_latency_ms_at_80pct_load": by_pct.get("80", {}).get("p99"),
+                "latency_load_pct": 80,
+                "latency_by_load_pct": by_pct,
+                "latency_max_events_per_s_20ms": top,
+            },
+        )
+    return 0
+
+
+def _plot_load(runs: list[dict], out_dir: Path) -> None:
+    """Latency (p50, p99) vs achieved offered load, one line pair per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in sorted({r["variant"] for r in runs}):
+        pts = sorted(
+            (r.get("achieved_offered_rate") or r["offered_rate"], r.get("latency_ms") or {})
+            for r in runs
+            if r["variant"] == name and r.get("latency_ms")
+        )
+        if not pts:
+            continue
+        for q, style in (("p50", "--"), ("p99", "-")):
+            ax.plot(
+                [p[0] for p in pts], [p[1].get(q) or 0 for p in pts], style, marker="o", label=f"{name} {q}"
+            )
+    ax.set_xlabel("offered events/s (achieved)")
+    ax.set_ylabel("occurred_at → provider, ms")
+    ax.set_title("fanout p2, 20 ms providers: latency vs offered load")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "latency-vs-load.png", dpi=110)
+    plt.close(fig)
+
+
+def _memory_spec(rate: int, minutes: int, sets: tuple[str, ...] = (), warmup_s: int = 60) -> Any:
+    """Return the memory run: fanout p=2, 20 ms providers, ``rate`` live events/s for ``minutes``.
+
+    The series starts at submission; :func:`_memory_summary` leaves out start-up and warm-up.
+    """
     from ops.benchrun import RunSpec
 
     secs = minutes * 60
@@ -852,10 +1060,11 @@ def _memory_spec(rate: int, minutes: int) -> Any:
         "fanout",
         2,
         20,
-        events=rate * secs,
+        events=rate * (secs + warmup_s + 180),
         rate=rate,
         seconds=secs,
-        extra_sets=("events.max_out_of_orderness_ms=500",),
+        warmup_s=warmup_s,
+        extra_sets=("events.max_out_of_orderness_ms=500", *sets),
     )
 
 
@@ -864,14 +1073,18 @@ def memory(args: argparse.Namespace) -> int:
     from ops.benchrun import Stack, run_job, write_json
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, Stack(Path(tmp)) as stack:
-        r = run_job(stack, _memory_spec(args.rate, args.minutes))
+        r = run_job(stack, _memory_spec(args.rate, args.minutes, tuple(args.set)))
+        r["extra_sets"] = list(args.set)
     report = {
         **_header("memory"),
         "summary": _memory_summary(r),
         "run": {k: v for k, v in r.items() if k != "vertices"},
     }
-    write_json(ROOT / "docs" / "benchmarks" / "memory.json", report)
-    _plot_memory(r, ROOT / "docs" / "benchmarks", "")
+    suffix = f"-{args.label}" if args.label else ""
+    write_json(ROOT / "docs" / "benchmarks" / f"memory{suffix}.json", report)
+    _plot_memory(r, ROOT / "docs" / "benchmarks", suffix)
+    if report["summary"] is not None:
+        _merge_summary(report, {"memory_run": report["summary"]})
     print(json.dumps(report["summary"], indent=2))
     return 0
 
@@ -915,6 +1128,10 @@ def main(argv: list[str] | None = None) -> int:
     abp.add_argument("--density", type=int, default=20_000)
     abp.add_argument("--warmup", type=int, default=20)
     abp.add_argument("--seconds", type=int, default=30)
+    abp.add_argument(
+        "--variant", action="append", metavar="NAME:SECTION.KEY=VALUE,...", help="configurations (x each rev)"
+    )
+    abp.add_argument("--label", default="", help="output: docs/benchmarks/ab-<label>.json")
     tu = sub.add_parser("tune", help="state backend at 10^6 dedup ids; provider calls in flight at 200 ms")
     tu.add_argument("--dedup-ids", type=int, default=1_000_000)
     tu.add_argument("--backends", nargs="*", default=["hashmap", "rocksdb"], help="state backends to compare")
@@ -925,8 +1142,20 @@ def main(argv: list[str] | None = None) -> int:
     me = sub.add_parser("memory", help="stack memory over time at a fixed live rate")
     me.add_argument("--minutes", type=int, default=10)
     me.add_argument("--rate", type=int, default=1300, help="live events/s (~50%% of max at 20 ms)")
+    me.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    me.add_argument("--label", default="", help="output: docs/benchmarks/memory-<label>.{json,png}")
+    lo = sub.add_parser("load", help="latency vs offered load at 20 ms providers (the knee)")
+    lo.add_argument("--max", type=int, default=0, help="fanout's max events/s at 20 ms (0: measure it first)")
+    lo.add_argument("--pcts", type=int, nargs="+", default=[25, 50, 80, 100, 120])
+    lo.add_argument("--seconds", type=int, default=30)
+    lo.add_argument("--warmup", type=int, default=20)
+    lo.add_argument(
+        "--variant", action="append", metavar="NAME:SECTION.KEY=VALUE,...", help="configurations to compare"
+    )
+    lo.add_argument("--summary-variant", default="", help="merge this variant's figures into summary.json")
     args = parser.parse_args(argv)
     experiments = {
+        "load": load,
         "memory": memory,
         "isolation": isolation,
         "run": divergence,

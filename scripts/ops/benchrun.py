@@ -319,8 +319,12 @@ def _run_job(
     tm_cpu0 = 0
     out_topic = topics["roundtrip"] if spec.job in ("passthrough", "dedup") else topics["outcomes"]
     producer_thread = None
+    achieved: dict[str, float] = {}
+    stop_producing = threading.Event()
     if spec.rate > 0:
-        producer_thread = threading.Thread(target=_paced, args=(kafka, topics["events"], spec, tag, occurred))
+        producer_thread = threading.Thread(
+            target=_paced, args=(kafka, topics["events"], spec, tag, occurred, achieved, stop_producing)
+        )
         producer_thread.start()
     # wait for the first output (start-up excluded), then measure for `seconds`
     deadline = time.monotonic() + 180
@@ -329,7 +333,9 @@ def _run_job(
     t_first = time.monotonic()
     startup_s = t_first - t_submit
     time.sleep(spec.warmup_s)
-    measure_from_ms = int(time.time() * 1000) if spec.warmup_s else 0
+    # live runs always start measuring here: events sent while the job was still starting
+    # carry its start-up time, which is not the pipeline's latency
+    measure_from_ms = int(time.time() * 1000) if spec.warmup_s or spec.rate else 0
     t_measure = time.monotonic()
     during_result = during({"pids": pids, "cluster": cluster, "job_id": sub.job_id}) if during else None
     tm_cpu0 = _cpu_ticks(pids["taskmanager"])
@@ -348,6 +354,7 @@ def _run_job(
             break
         time.sleep(0.5)
     if producer_thread is not None:
+        stop_producing.set()
         producer_thread.join()
         time.sleep(5)  # let the last windows close and deliver
     # Outputs become visible when the checkpoint after them completes: wait for one that was
@@ -376,6 +383,7 @@ def _run_job(
         "parallelism": spec.parallelism,
         "provider_latency_ms": spec.latency_ms if spec.provider else None,
         "offered_rate": spec.rate or "backlog",
+        "achieved_offered_rate": achieved.get("events_per_s"),
         "startup_s": round(startup_s, 1),
         "job_state_at_end": state,
         "failure": failure,
@@ -402,8 +410,12 @@ def _run_job(
         result["deliveries"] = len(received)
         result["deliveries_per_s"] = _rate([t for t in received if t >= measure_from_ms], spec.seconds)
         if occurred:
-            lat = [r["received_at_ms"] - occurred[e] for r in rows for e in r["event_ids"] if e in occurred]
-            result["latency_ms"] = _pcts(lat)
+            pairs = [
+                (occurred[e], r["received_at_ms"]) for r in rows for e in r["event_ids"] if e in occurred
+            ]
+            result["latency_ms"] = _pcts([done - sent for sent, done in pairs if sent >= measure_from_ms])
+            # including the events sent while the job started (for comparison with older runs)
+            result["latency_ms_incl_startup"] = _pcts([done - sent for sent, done in pairs])
     return result
 
 
@@ -516,8 +528,22 @@ def _checkpoint(c: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _paced(kafka: LocalKafka, topic: str, spec: RunSpec, tag: str, occurred: dict[str, int]) -> None:
-    """Produce ``spec.events`` live events at ``spec.rate``/s (occurred_at = now) in 100 ms steps."""
+def _paced(
+    kafka: LocalKafka,
+    topic: str,
+    spec: RunSpec,
+    tag: str,
+    occurred: dict[str, int],
+    achieved: dict[str, float],
+    stop: threading.Event,
+) -> None:
+    """Produce live events at ``spec.rate``/s (occurred_at = now) in 100 ms steps.
+
+    Stops when ``stop`` is set (the measured interval is over) or after ``spec.events``.
+
+    ``achieved["events_per_s"]`` is what was actually sent per second (the offered rate is a
+    goal: a producer that falls behind offers less, and its events carry send delay).
+    """
     from kafka import KafkaProducer
 
     step = max(1, spec.rate // 10)
@@ -527,7 +553,7 @@ def _paced(kafka: LocalKafka, topic: str, spec: RunSpec, tag: str, occurred: dic
     # one producer for the whole run: opening one per 100 ms step could not keep 1,300/s
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all", linger_ms=5)
     try:
-        while sent < spec.events:
+        while sent < spec.events and not stop.is_set():
             now_ms = int(time.time() * 1000)
             batch = make_events(step, 11 + seq, now_ms, 1e9, f"{tag}-{seq}")
             for raw in batch:
@@ -537,6 +563,7 @@ def _paced(kafka: LocalKafka, topic: str, spec: RunSpec, tag: str, occurred: dic
             sent += step
             seq += 1
             time.sleep(max(0.0, t0 + seq * 0.1 - time.monotonic()))
+        achieved["events_per_s"] = round(sent / max(1e-9, time.monotonic() - t0), 1)
     finally:
         producer.close(timeout=10)
 
