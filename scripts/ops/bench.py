@@ -435,11 +435,13 @@ def _memory_summary(run: dict, skip_s: float | None = None) -> dict[str, Any] | 
     }
 
 
-def _dedup_summary(run: dict) -> list[dict[str, Any]]:
-    """Checkpoint size/duration at the points closest to 10^4, 10^5, 10^6 deduplicated ids."""
+def _dedup_summary(
+    run: dict, targets: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+) -> list[dict[str, Any]]:
+    """Checkpoint size/duration at the points closest to ``targets`` deduplicated ids."""
     growth = [g for g in run.get("state_growth") or [] if g.get("checkpoint_id")]
     out = []
-    for target in (10_000, 100_000, 1_000_000):
+    for target in targets:
         # the first checkpoint completed after the dedup had seen `target` ids; the REST
         # metrics refresh every few seconds, so a sample far past the target is not reported
         after = [g for g in growth if g["dedup_records_in"] >= target]
@@ -816,28 +818,31 @@ def tune(args: argparse.Namespace) -> int:
 
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, Stack(Path(tmp)) as stack:
-        for backend in args.backends:
-            r = run_job(
-                stack,
-                RunSpec(
-                    f"dedup-{backend}",
-                    "dedup",
-                    2,
-                    provider=False,
-                    events=0,
-                    distinct_ids=args.dedup_ids,
-                    seconds=900,
-                    density=20_000,
-                    extra_sets=(f"job.state_backend={backend}",),
-                ),
-            )
-            r["state_backend"] = backend
-            r["dedup_state"] = _dedup_summary(r)
-            runs.append(r)
-            print(
-                json.dumps({k: r.get(k) for k in ("name", "events_per_s", "dedup_state", "failure")}),
-                flush=True,
-            )
+        # one run per (size, backend): each ends at the first checkpoint after its last id
+        for ids in args.dedup_ids:
+            for backend in args.backends:
+                r = run_job(
+                    stack,
+                    RunSpec(
+                        f"dedup-{backend}-{ids}",
+                        "dedup",
+                        2,
+                        provider=False,
+                        events=0,
+                        distinct_ids=ids,
+                        seconds=900,
+                        density=20_000,
+                        extra_sets=(f"job.state_backend={backend}",),
+                    ),
+                )
+                r["state_backend"] = backend
+                r["distinct_ids"] = ids
+                r["dedup_state"] = _dedup_summary(r, (ids,))
+                runs.append(r)
+                print(
+                    json.dumps({k: r.get(k) for k in ("name", "events_per_s", "dedup_state", "failure")}),
+                    flush=True,
+                )
         for cap in args.in_flight:
             r = run_job(
                 stack,
@@ -1089,6 +1094,22 @@ def memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def micro(args: argparse.Namespace) -> int:
+    """Measure the Python operators' work per event without Flink (scripts/ops/micro.py)."""
+    from ops import micro as m
+
+    report = {**_header("micro"), **m.run(args.events, args.window, args.profile)}
+    text = report.pop("profile", None)
+    print(json.dumps(report, indent=2))
+    if text:
+        print(text)
+    if args.out:
+        from ops.benchrun import write_json
+
+        write_json(ROOT / "docs" / "benchmarks" / f"micro-{args.out}.json", report)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the experiment and run it."""
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
@@ -1133,7 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     abp.add_argument("--label", default="", help="output: docs/benchmarks/ab-<label>.json")
     tu = sub.add_parser("tune", help="state backend at 10^6 dedup ids; provider calls in flight at 200 ms")
-    tu.add_argument("--dedup-ids", type=int, default=1_000_000)
+    tu.add_argument("--dedup-ids", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     tu.add_argument("--backends", nargs="*", default=["hashmap", "rocksdb"], help="state backends to compare")
     tu.add_argument("--in-flight", type=int, nargs="+", default=[2, 8, 32])
     tu.add_argument("--warmup", type=int, default=20)
@@ -1153,8 +1174,14 @@ def main(argv: list[str] | None = None) -> int:
         "--variant", action="append", metavar="NAME:SECTION.KEY=VALUE,...", help="configurations to compare"
     )
     lo.add_argument("--summary-variant", default="", help="merge this variant's figures into summary.json")
+    mi = sub.add_parser("micro", help="the Python operators' work per event, without Flink")
+    mi.add_argument("--events", type=int, default=20_000)
+    mi.add_argument("--window", type=int, default=1667, help="events per window batch (20k/s over 12 keys)")
+    mi.add_argument("--profile", action="store_true", help="cProfile, top 25 by own time")
+    mi.add_argument("--out", default="", help="write docs/benchmarks/micro-<out>.json")
     args = parser.parse_args(argv)
     experiments = {
+        "micro": micro,
         "load": load,
         "memory": memory,
         "isolation": isolation,

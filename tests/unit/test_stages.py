@@ -119,6 +119,28 @@ def test_fast_pickle_round_trips_state_objects():
     assert b"_rebuild" in pickle.dumps(routed.plans[0]), "pickled through udfs.events._rebuild"
 
 
+def test_batches_pickle_as_flat_rows_and_batches_pickled_before_still_load():
+    import pickle
+
+    from udfs import batching
+    from udfs.events import _rebuild
+
+    raws = [event_bytes(event_id=f"b{i}", region="eu-west", recipient=make_recipient()) for i in range(3)]
+    batch = next(b for b in stages.route_batch(list(map(_rec, raws)), WINDOW, RULES, CFG).batches)
+    data = pickle.dumps(batch, 5)
+    assert b"_rebuild_batch" in data and b"Message" not in data, "messages travel as plain tuples"
+    back = pickle.loads(data)
+    assert back == batch and all(type(m) is batching.Message for m in back.items)
+    # the form written by fast_pickle before (state in savepoints of older versions)
+    values = tuple(getattr(batch, f) for f in batching.Batch.__dataclass_fields__)
+
+    class Legacy:
+        def __reduce__(self):
+            return (_rebuild, (batching.Batch, values))
+
+    assert pickle.loads(pickle.dumps(Legacy())) == batch
+
+
 def test_batch_metrics_align_to_the_tumbling_window():
     raws = [event_bytes(event_id=f"m{i}", region="eu-west", recipient=make_recipient()) for i in range(2)]
     window = stages.Window("eu-west|0|1500", "eu-west", 1500, 1500, late=True)
