@@ -119,7 +119,7 @@ def _reduce_batch(self: Batch) -> tuple[Any, ...]:
     )
 
 
-Batch.__reduce__ = _reduce_batch  # type: ignore[method-assign]
+Batch.__reduce__ = _reduce_batch  # type: ignore[method-assign,assignment]
 
 
 def idempotency_key(event_id: str, channel: str) -> str:

@@ -907,7 +907,7 @@ def _variants(given: list[str] | None) -> list[tuple[str, tuple[str, ...]]]:
     return out
 
 
-def _merge_summary(header: dict[str, str], figures: dict[str, Any]) -> None:
+def _merge_summary(header: dict[str, Any], figures: dict[str, Any]) -> None:
     """Update ``summary.json`` with figures measured by a later, narrower experiment.
 
     Each merged key is listed under ``sources`` with the command, date and commit that

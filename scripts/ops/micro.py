@@ -21,7 +21,8 @@ import pickle
 import pstats
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -56,9 +57,10 @@ def run(events: int, window: int, profile: bool) -> dict[str, Any]:
 
     cfg = load_config(None, ())
     settings = fanout.settings_for(cfg)
-    from udfs.routing import load_ruleset_file
+    from udfs.routing import RuleSet, load_ruleset_file
 
     rules = load_ruleset_file(settings.rules_path)
+    assert isinstance(rules, RuleSet), rules
     policies = load_policies(str(fanout.ROOT / cfg.delivery.policies_file), settings.channels)
     fields = dict(settings.address_fields)
     import random
@@ -75,69 +77,58 @@ def run(events: int, window: int, profile: bool) -> dict[str, Any]:
 
     cost: dict[str, float] = defaultdict(float)
 
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
+    @contextmanager
+    def timed(name: str) -> Iterator[None]:
         t = time.perf_counter()
-        out = fn()
+        yield
         cost[name] += time.perf_counter() - t
-        return out
 
     def one_window(row: tuple[Any, ...]) -> None:
         now = int(time.time() * 1000)
-        win = timed("router: window + records", lambda: (fanout._window(row), fanout._records(row)))
-        routed = timed(
-            "router: route_batch",
-            lambda: stages.route_batch(win[1], win[0], rules, settings.stage, log_decisions=False),
-        )
-        key = win[0].key
-        plan_out = timed("edge router→fan-in (pickle)", lambda: pickle.dumps(("plan", key, routed.plans)))
-        plans = timed("edge router→fan-in (unpickle)", lambda: pickle.loads(plan_out))[2]
+        with timed("router: window + records"):
+            win, recs = fanout._window(row), fanout._records(row)
+        with timed("router: route_batch"):
+            routed = stages.route_batch(recs, win, rules, settings.stage, log_decisions=False)
+        key = win.key
+        with timed("edge router→fan-in (pickle)"):
+            plan_out = pickle.dumps(("plan", key, routed.plans))
+        with timed("edge router→fan-in (unpickle)"):
+            plans = pickle.loads(plan_out)[2]
         states: stages.FanInStates = {}
-        timed("fan-in: plans", lambda: stages.fanin_apply(states, ("plans", now, 60_000, plans)))
-        for batch in routed.batches:
-            b = timed("edge router→branch (pickle)", lambda batch=batch: pickle.dumps((key, batch)))
-            _, batch = timed("edge router→branch (unpickle)", lambda b=b: pickle.loads(b))
+        with timed("fan-in: plans"):
+            stages.fanin_apply(states, ("plans", now, 60_000, plans))
+        for sent in routed.batches:
+            with timed("edge router→branch (pickle)"):
+                b = pickle.dumps((key, sent))
+            with timed("edge router→branch (unpickle)"):
+                batch = pickle.loads(b)[1]
             pb = new_pending(key, batch, now)
             idx = pb.open_indexes
-            timed(
-                "branch: request JSON",
-                lambda pb=pb, idx=idx, batch=batch: orjson.dumps(
-                    {"messages": request_bodies(pb, idx, fields.get(batch.channel))}
-                ),
-            )
+            with timed("branch: request JSON"):
+                orjson.dumps({"messages": request_bodies(pb, idx, fields.get(batch.channel))})
             # the provider's answer: every message accepted (its JSON is parsed in the pool thread)
             answer = orjson.dumps({"results": [{"status": 200, "id": f"p-{i}"} for i in range(len(idx))]})
-            call = timed(
-                "branch: answer JSON → CallResult",
-                lambda answer=answer, idx=idx: call_result_from_response(
-                    ProviderResponse(200, orjson.loads(answer)), len(idx), 20
-                ),
-            )
-            policy = policies[batch.channel]
-            step = timed(
-                "branch: apply answer",
-                lambda pb=pb, idx=idx, call=call, policy=policy: apply_call(
-                    pb, idx, call, policy.retry, rng, now
-                ),
-            )
-            timed("branch: channel record", lambda pb=pb, step=step: delivery_record(pb, step, now).decode())
-            timed(
-                "branch: metrics record",
-                lambda pb=pb, step=step: stages.batch_metrics(pb.batch, step.results, 1000),
-            )
-            res = timed(
-                "edge branch→fan-in (pickle)",
-                lambda step=step: pickle.dumps(("results", key, step.results)),
-            )
-            results = timed("edge branch→fan-in (unpickle)", lambda res=res: pickle.loads(res))[2]
-            outcomes, _ = timed(
-                "fan-in: results",
-                lambda results=results: stages.fanin_apply(states, ("results", now, results)),
-            )
-            timed(
-                "fan-in: outcome JSON",
-                lambda outcomes=outcomes: [stages.outcome_json(o) for o in outcomes],
-            )
-        timed("fan-in: journal snapshot (pickle)", lambda: pickle.dumps(("snapshot", dict(states))))
+            with timed("branch: answer JSON → CallResult"):
+                call = call_result_from_response(ProviderResponse(200, orjson.loads(answer)), len(idx), 20)
+            with timed("branch: apply answer"):
+                step = apply_call(pb, idx, call, policies[batch.channel].retry, rng, now)
+            with timed("branch: channel record"):
+                record = delivery_record(pb, step, now)
+                if record is not None:
+                    record.decode()
+            with timed("branch: metrics record"):
+                stages.batch_metrics(pb.batch, step.results, 1000)
+            with timed("edge branch→fan-in (pickle)"):
+                res = pickle.dumps(("results", key, step.results))
+            with timed("edge branch→fan-in (unpickle)"):
+                results = pickle.loads(res)[2]
+            with timed("fan-in: results"):
+                outcomes, _ = stages.fanin_apply(states, ("results", now, results))
+            with timed("fan-in: outcome JSON"):
+                for o in outcomes:
+                    stages.outcome_json(o)
+        with timed("fan-in: journal snapshot (pickle)"):
+            pickle.dumps(("snapshot", dict(states)))
 
     for row in rows[:2]:  # warm-up
         one_window(row)
