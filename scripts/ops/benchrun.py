@@ -323,7 +323,9 @@ def _run_job(
     stop_producing = threading.Event()
     if spec.rate > 0:
         producer_thread = threading.Thread(
-            target=_paced, args=(kafka, topics["events"], spec, tag, occurred, achieved, stop_producing)
+            target=_paced,
+            args=(kafka, topics["events"], spec, tag, occurred, achieved, stop_producing),
+            daemon=True,  # an interrupted run must not wait for it at exit
         )
         producer_thread.start()
     # wait for the first output (start-up excluded), then measure for `seconds`
