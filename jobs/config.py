@@ -268,6 +268,16 @@ def from_mapping(tree: Mapping[str, Any]) -> PipelineConfig:
                 raise ConfigError(f"unknown config key {name}.{key}")
             kwargs[key] = _coerce(name, key, item, getattr(defaults, key))
         sections[name] = cls(**kwargs)
+    job = sections.get("job")
+    if job is not None:
+        # Flink: -1 = send a buffer only when full, 0 = after every record
+        if job.buffer_timeout_ms < -1:
+            raise ConfigError(f"job.buffer_timeout_ms must be -1 or more, not {job.buffer_timeout_ms}")
+        # 0 would switch periodic watermarks off, and no window would ever fire
+        if job.watermark_interval_ms < 1:
+            raise ConfigError(
+                f"job.watermark_interval_ms must be at least 1, not {job.watermark_interval_ms}"
+            )
     tracing = sections.get("tracing")
     if tracing is not None:
         if tracing.exporter == "file" and not tracing.file:
