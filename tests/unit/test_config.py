@@ -11,7 +11,7 @@ def test_defaults_come_from_conf_pipeline_yaml():
     assert cfg.topics.channel("email") == "notifications.email"
     assert cfg.job.mode == "fanout" and cfg.job.python_execution_mode == "thread"
     assert cfg.events.window_ms == 1000 and cfg.events.regions == ("eu-west", "us-east", "ap-south")
-    assert (cfg.job.buffer_timeout_ms, cfg.job.watermark_interval_ms) == (100, 200)
+    assert (cfg.job.buffer_timeout_ms, cfg.job.watermark_interval_ms) == (10, 50)
     assert cfg.branch("email").slot_sharing_group == "channel-email"
     assert cfg.branch("webhook") == BranchConfig()
 
