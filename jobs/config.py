@@ -87,7 +87,7 @@ class JobConfig:
     # network buffer may wait before it is sent (Flink's default is 100 ms, paid on each of
     # the exchanges an event crosses at low rates), and how often sources emit watermarks
     # (default 200 ms; the window fires on the first watermark past its end). 10/50 took
-    # 80-400 ms off p99 at every load and cost no throughput (measured in one run each).
+    # 30-400 ms off p99 at every load and cost no throughput (measured in one run each).
     buffer_timeout_ms: int = 10
     watermark_interval_ms: int = 50
     restart_attempts: int = 3
