@@ -293,23 +293,9 @@ def divergence(args: argparse.Namespace) -> int:
         # live batches hold only what arrives in a window), found from the sparse side
         top, capacity_runs = _live_capacity(stack, (), warm, secs, 2_000, 2 if quick else 4)
         runs.extend(capacity_runs)
-        live = ("events.max_out_of_orderness_ms=500",)
         for pct in (50,) if quick else (25, 50, 80, 100, 120):
             rate = max(10, int(top * pct / 100))
-            r = run_job(
-                stack,
-                RunSpec(
-                    f"fanout-p2-20ms-load{pct}",
-                    "fanout",
-                    2,
-                    20,
-                    events=rate * (warm + secs + 180),  # a cap: the producer stops after the run
-                    rate=rate,
-                    seconds=secs,
-                    warmup_s=warm,
-                    extra_sets=live,
-                ),
-            )
+            r = run_job(stack, _live_spec(f"fanout-p2-20ms-load{pct}", rate, secs, warm))
             r["load_pct_of_max"] = pct
             record(r)
         # dedup state and checkpoints vs distinct ids (JVM front alone)
@@ -873,20 +859,10 @@ def tune(args: argparse.Namespace) -> int:
             )
         # the other side of the divergence: at a low rate, latency (linear has no window)
         for job in ("linear", "fanout") if args.low_rate > 0 else ():
-            r = run_job(
-                stack,
-                RunSpec(
-                    f"{job}-p2-20ms-live{args.low_rate}",
-                    job,
-                    2,
-                    20,
-                    events=args.low_rate * (args.warmup + args.seconds + 180),
-                    rate=args.low_rate,
-                    seconds=args.seconds,
-                    warmup_s=args.warmup,
-                    extra_sets=("events.max_out_of_orderness_ms=500",),
-                ),
+            spec = _live_spec(
+                f"{job}-p2-20ms-live{args.low_rate}", args.low_rate, args.seconds, args.warmup, job=job
             )
+            r = run_job(stack, spec)
             runs.append(r)
             print(
                 json.dumps({k: r.get(k) for k in ("name", "events_per_s", "latency_ms", "failure")}),
@@ -924,6 +900,29 @@ def _merge_summary(header: dict[str, Any], figures: dict[str, Any]) -> None:
     for key in figures:
         sources[key] = {k: header[k] for k in ("command", "date", "commit")}
     write_json(path, summary)
+
+
+def _live_spec(
+    name: str, rate: int, secs: int, warm: int, sets: tuple[str, ...] = (), job: str = "fanout"
+) -> Any:
+    """Return a live run at 20 ms providers, p=2: ``rate`` events/s, occurred_at = send time.
+
+    ``events`` is only a cap (the producer stops when the measured interval ends); the 500 ms
+    watermark delay makes the latency floor window + 0.5 s.
+    """
+    from ops.benchrun import RunSpec
+
+    return RunSpec(
+        name,
+        job,
+        2,
+        20,
+        events=rate * (warm + secs + 180),
+        rate=rate,
+        seconds=secs,
+        warmup_s=warm,
+        extra_sets=("events.max_out_of_orderness_ms=500", *sets),
+    )
 
 
 def _live_capacity(
@@ -967,23 +966,9 @@ def _live_capacity(
         if abs(rate - density) <= 0.1 * density:
             break
         density = backlog_rate
-    live = ("events.max_out_of_orderness_ms=500", *sets)
     for pct in (90, 80, 70, 60, 50):
         offered = int(backlog_rate * pct / 100)
-        p = run_job(
-            stack,
-            RunSpec(
-                f"fanout-p2-20ms-probe{offered}",
-                "fanout",
-                2,
-                20,
-                events=offered * (warm + secs + 180),
-                rate=offered,
-                seconds=secs,
-                warmup_s=warm,
-                extra_sets=live,
-            ),
-        )
+        p = run_job(stack, _live_spec(f"fanout-p2-20ms-probe{offered}", offered, secs, warm, sets))
         p["probe_pct_of_backlog_capacity"] = pct
         runs.append({k: v for k, v in p.items() if k not in ("vertices", "rss_series")})
         brief = ("name", "achieved_offered_rate", "events_per_s", "latency_ms", "failure")
@@ -1009,10 +994,9 @@ def load(args: argparse.Namespace) -> int:
     time minus occurred_at. ``--variant name:section.key=value,...`` runs each load point
     once per variant, alternating, so configurations are compared in one run.
     """
-    from ops.benchrun import RunSpec, Stack, run_job, write_json
+    from ops.benchrun import Stack, run_job, write_json
 
     variants = _variants(args.variant)
-    live = ("events.max_out_of_orderness_ms=500",)
     runs: list[dict[str, Any]] = []
     header = _header("load")
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, Stack(Path(tmp)) as stack:
@@ -1026,20 +1010,8 @@ def load(args: argparse.Namespace) -> int:
         for pct in args.pcts:
             rate = max(10, int(top * pct / 100))
             for name, sets in variants:
-                r = run_job(
-                    stack,
-                    RunSpec(
-                        f"fanout-p2-20ms-load{pct}-{name}",
-                        "fanout",
-                        2,
-                        20,
-                        events=rate * (args.warmup + args.seconds + 180),
-                        rate=rate,
-                        seconds=args.seconds,
-                        warmup_s=args.warmup,
-                        extra_sets=live + sets,
-                    ),
-                )
+                spec = _live_spec(f"fanout-p2-20ms-load{pct}-{name}", rate, args.seconds, args.warmup, sets)
+                r = run_job(stack, spec)
                 r["load_pct_of_max"] = pct
                 r["variant"] = name
                 runs.append(r)
@@ -1124,20 +1096,7 @@ def _memory_spec(rate: int, minutes: int, sets: tuple[str, ...] = (), warmup_s: 
 
     The series starts at submission; :func:`_memory_summary` leaves out start-up and warm-up.
     """
-    from ops.benchrun import RunSpec
-
-    secs = minutes * 60
-    return RunSpec(
-        "fanout-p2-20ms-memory",
-        "fanout",
-        2,
-        20,
-        events=rate * (secs + warmup_s + 180),
-        rate=rate,
-        seconds=secs,
-        warmup_s=warmup_s,
-        extra_sets=("events.max_out_of_orderness_ms=500", *sets),
-    )
+    return _live_spec("fanout-p2-20ms-memory", rate, minutes * 60, warmup_s, sets)
 
 
 def memory(args: argparse.Namespace) -> int:
