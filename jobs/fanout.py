@@ -342,8 +342,24 @@ class JobSettings:
     tracing: TracingSettings = field(default_factory=TracingSettings)
 
 
-def _counter(ctx: RuntimeContext, name: str):
-    return ctx.get_metrics_group().add_group("notify").counter(name)
+def _counter(owner: Any, ctx: RuntimeContext, name: str):
+    """Register ``notify.<name>`` for ``owner``, to be published at 0 by its first element."""
+    counter = ctx.get_metrics_group().add_group("notify").counter(name)
+    owner.__dict__.setdefault("_unpublished", []).append(counter)
+    return counter
+
+
+def _publish_counters(owner: Any) -> None:
+    """Move each new counter by 0, from inside an element or timer.
+
+    Process mode reports a Python counter to the JVM (UI, REST, Prometheus) only once a
+    bundle has moved it, and ``open()`` runs outside any bundle: without this, a counter
+    that stays 0 (retries, dead letters) would be missing from the UI instead of showing 0.
+    Thread mode registers counters on creation; the extra 0 costs nothing there.
+    """
+    for counter in owner._unpublished:
+        counter.inc(0)
+    owner._unpublished = []
 
 
 class _Level:
@@ -410,17 +426,18 @@ class _RouterBase:
     """Shared router logic: rules, metrics and emitting one routed window batch."""
 
     settings: JobSettings
+    _unpublished: list[Any]  # see _publish_counters
 
     def _open(self, ctx: RuntimeContext) -> None:
         _open_logs(self.settings.tracing)
         self.file_rules = _open_rules(self.settings)
         self.rules_cache: tuple[str, RuleSet] | None = None
         self.seen_batches = 0
-        self.events_in = _counter(ctx, "events_in")
-        self.dlq_out = _counter(ctx, "dlq")
-        self.batches_in = _counter(ctx, "window_batches")
-        self.late_in = _counter(ctx, "late_events")
-        self.routed = {ch: _counter(ctx, f"routed_{ch}") for ch in self.settings.channels}
+        self.events_in = _counter(self, ctx, "events_in")
+        self.dlq_out = _counter(self, ctx, "dlq")
+        self.batches_in = _counter(self, ctx, "window_batches")
+        self.late_in = _counter(self, ctx, "late_events")
+        self.routed = {ch: _counter(self, ctx, f"routed_{ch}") for ch in self.settings.channels}
 
     def _chaos(self) -> None:
         """Fail once (failover tests): after N batches, if the marker file does not exist yet."""
@@ -431,6 +448,8 @@ class _RouterBase:
             raise RuntimeError("chaos: injected failure (job.chaos_fail_once_file)")
 
     def _route(self, row: Any, rules: RuleSet):
+        if self._unpublished:
+            _publish_counters(self)
         self.seen_batches += 1
         self._chaos()
         window = _window(row)
@@ -484,7 +503,7 @@ class BroadcastRouter(BroadcastProcessFunction, _RouterBase):
     def open(self, runtime_context: RuntimeContext) -> None:
         """Load the fallback routing table and register metrics."""
         self._open(runtime_context)
-        self.rules_rejected = _counter(runtime_context, "rules_rejected")
+        self.rules_rejected = _counter(self, runtime_context, "rules_rejected")
 
     def _current(self, ctx) -> RuleSet:
         raw = ctx.get_broadcast_state(RULES_STATE).get("current")
@@ -555,12 +574,12 @@ class Deliver(KeyedProcessFunction):
         self.spans = SpanExport.get(s.tracing)  # None unless tracing.exporter is set
         self.state = runtime_context.get_state(ValueStateDescriptor("pending-batch", PICKLED))
         self._cache: dict[str, PendingBatch] = {}  # the same objects as in the state, unpickled
-        self.batches = _counter(runtime_context, "batches")
-        self.delivered = _counter(runtime_context, "delivered")
-        self.dead_lettered = _counter(runtime_context, "dead_lettered")
-        self.retries = _counter(runtime_context, "retries")
-        self.calls = _counter(runtime_context, "provider_calls")
-        self.deferred = _counter(runtime_context, "deferred")
+        self.batches = _counter(self, runtime_context, "batches")
+        self.delivered = _counter(self, runtime_context, "delivered")
+        self.dead_lettered = _counter(self, runtime_context, "dead_lettered")
+        self.retries = _counter(self, runtime_context, "retries")
+        self.calls = _counter(self, runtime_context, "provider_calls")
+        self.deferred = _counter(self, runtime_context, "deferred")
         group = runtime_context.get_metrics_group().add_group("notify")
         # distributions (count/min/max/mean in the UI): one update per batch / per message
         self.batch_size = group.distribution("batch_size")
@@ -575,9 +594,9 @@ class Deliver(KeyedProcessFunction):
             )
             self.dispatcher = d
             self.levels = (
-                (_Level(_counter(runtime_context, "breaker_state")), d.breaker_state),
-                (_Level(_counter(runtime_context, "in_flight")), lambda: d.in_flight),
-                (_Level(_counter(runtime_context, "pending_batches")), lambda: d.pending_batches),
+                (_Level(_counter(self, runtime_context, "breaker_state")), d.breaker_state),
+                (_Level(_counter(self, runtime_context, "in_flight")), lambda: d.in_flight),
+                (_Level(_counter(self, runtime_context, "pending_batches")), lambda: d.pending_batches),
             )
 
     def _report_levels(self) -> None:
@@ -593,6 +612,8 @@ class Deliver(KeyedProcessFunction):
 
     def process_element(self, value, ctx):
         """Accept one (window key, batch): deliver it, or start delivering it."""
+        if self._unpublished:
+            _publish_counters(self)
         window_key, batch = value
         now_ms = int(time.time() * 1000)
         self.batches.inc()
@@ -622,6 +643,8 @@ class Deliver(KeyedProcessFunction):
 
     def on_timer(self, timestamp, ctx):
         """Poll for the answer, retry after the backoff, or re-check a deferral."""
+        if self._unpublished:
+            _publish_counters(self)
         if self.dispatcher is None:
             return
         key = ctx.get_current_key()
@@ -759,8 +782,8 @@ class FanIn(KeyedProcessFunction):
         self.legacy = runtime_context.get_state(ValueStateDescriptor("fanin", PICKLED))
         self._cache: dict[str, stages.FanInStates] = {}
         self._settled: set[str] = set()  # keys whose journal is a snapshot (+ timer entries)
-        self.outcomes = _counter(runtime_context, "outcomes")
-        self.replays = _counter(runtime_context, "fanin_replays")
+        self.outcomes = _counter(self, runtime_context, "outcomes")
+        self.replays = _counter(self, runtime_context, "fanin_replays")
 
     def _emit(self, outcomes, timers, ctx):
         for t in set(timers):
@@ -812,6 +835,8 @@ class FanIn(KeyedProcessFunction):
 
     def process_element(self, value, ctx):
         """Apply a plan batch or a branch result batch."""
+        if self._unpublished:
+            _publish_counters(self)
         kind, key, items = value
         now_ms = int(time.time() * 1000)
         entry: stages.JournalEntry
@@ -824,6 +849,8 @@ class FanIn(KeyedProcessFunction):
 
     def on_timer(self, timestamp, ctx):
         """Time out pending branches (outcome with pending channels) or clear lingering state."""
+        if self._unpublished:
+            _publish_counters(self)
         outcomes, timers = self._apply(ctx.get_current_key(), ("timer", timestamp))
         yield from self._emit(outcomes, [t for t in timers if t > timestamp], ctx)
 
@@ -841,8 +868,8 @@ class Linear(ProcessFunction):
         _open_logs(self.settings.tracing)
         self.spans = SpanExport.get(self.settings.tracing)
         self.rules = _open_rules(self.settings)
-        self.events_in = _counter(runtime_context, "events_in")
-        self.dlq_out = _counter(runtime_context, "dlq")
+        self.events_in = _counter(self, runtime_context, "events_in")
+        self.dlq_out = _counter(self, runtime_context, "dlq")
         self.dispatchers = {
             b.channel: Dispatcher(b.provider_url, b.channel, b.policy, b.parallelism, b.address_field)
             for b in self.branches
@@ -858,6 +885,8 @@ class Linear(ProcessFunction):
 
     def process_element(self, value, ctx):
         """Handle one deduplicated record."""
+        if self._unpublished:
+            _publish_counters(self)
         rec = stages.SourceRecord(base64.b64decode(value[0]), value[1], value[2], value[3])
         self.events_in.inc()
         now_ms = int(time.time() * 1000)

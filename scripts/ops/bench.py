@@ -1000,16 +1000,20 @@ def load(args: argparse.Namespace) -> int:
     runs: list[dict[str, Any]] = []
     header = _header("load")
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, Stack(Path(tmp)) as stack:
-        top, maxima = (
-            (args.max, [])
-            if args.max
-            else _live_capacity(
-                stack, variants[0][1], args.warmup, args.seconds, args.start_density, args.max_iterations
+        # each variant's own live capacity: "% of its maximum load" is per configuration
+        tops: dict[str, int] = {}
+        maxima: list[dict[str, Any]] = []
+        for name, sets in variants:
+            if args.max:
+                tops[name] = args.max
+                continue
+            tops[name], found = _live_capacity(
+                stack, sets, args.warmup, args.seconds, args.start_density, args.max_iterations
             )
-        )
+            maxima.extend({**r, "variant": name} for r in found)
         for pct in args.pcts:
-            rate = max(10, int(top * pct / 100))
             for name, sets in variants:
+                rate = max(10, int(tops[name] * pct / 100))
                 spec = _live_spec(f"fanout-p2-20ms-load{pct}-{name}", rate, args.seconds, args.warmup, sets)
                 r = run_job(stack, spec)
                 r["load_pct_of_max"] = pct
@@ -1030,15 +1034,17 @@ def load(args: argparse.Namespace) -> int:
                     ),
                     flush=True,
                 )
+    suffix = f"-{args.label}" if args.label else ""
     report = {
         **header,
-        "live_capacity_events_per_s": top,
+        "live_capacity_events_per_s": tops[variants[0][0]],
+        "live_capacity_by_variant": tops,
         "capacity_runs": maxima,
         "variants": {n: list(s) for n, s in variants},
         "runs": [{k: v for k, v in r.items() if k not in ("vertices", "rss_series")} for r in runs],
     }
-    write_json(ROOT / "docs" / "benchmarks" / "load.json", report)
-    _plot_load(runs, ROOT / "docs" / "benchmarks")
+    write_json(ROOT / "docs" / "benchmarks" / f"load{suffix}.json", report)
+    _plot_load(runs, ROOT / "docs" / "benchmarks" / f"latency-vs-load{suffix}.png")
     if args.summary_variant:
         chosen = [r for r in runs if r["variant"] == args.summary_variant]
         by_pct = {
@@ -1055,13 +1061,13 @@ def load(args: argparse.Namespace) -> int:
                 "p99_latency_ms_at_80pct_load": by_pct.get("80", {}).get("p99"),
                 "latency_load_pct": 80,
                 "latency_by_load_pct": by_pct,
-                "latency_live_capacity_events_per_s_20ms": top,
+                "latency_live_capacity_events_per_s_20ms": tops[args.summary_variant],
             },
         )
     return 0
 
 
-def _plot_load(runs: list[dict], out_dir: Path) -> None:
+def _plot_load(runs: list[dict], out: Path) -> None:
     """Latency (p50, p99) vs achieved offered load, one line pair per variant."""
     import matplotlib
 
@@ -1087,7 +1093,7 @@ def _plot_load(runs: list[dict], out_dir: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "latency-vs-load.png", dpi=110)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
@@ -1208,6 +1214,9 @@ def main(argv: list[str] | None = None) -> int:
         "--variant", action="append", metavar="NAME:SECTION.KEY=VALUE,...", help="configurations to compare"
     )
     lo.add_argument("--summary-variant", default="", help="merge this variant's figures into summary.json")
+    lo.add_argument(
+        "--label", default="", help="output: docs/benchmarks/load-<label>.json, latency-vs-load-<label>.png"
+    )
     mi = sub.add_parser("micro", help="the Python operators' work per event, without Flink")
     mi.add_argument("--events", type=int, default=20_000)
     mi.add_argument("--window", type=int, default=1667, help="events per window batch (20k/s over 12 keys)")

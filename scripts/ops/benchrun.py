@@ -201,8 +201,33 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _descendants(pid: int) -> list[int]:
+    """Return every process below ``pid``.
+
+    Process mode's Python workers are the TaskManager's great-grandchildren (TaskManager ->
+    pyflink-udf-runner.sh -> beam_boot -> SDK worker), so direct children are not enough.
+    """
+    out: list[int] = []
+    todo = _children(pid)
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo.extend(_children(child))
+    return out
+
+
+def _tree_cpu_ticks(pid: int) -> dict[int, int]:
+    """CPU ticks (user + system) of ``pid`` and of each live descendant, by pid."""
+    return {p: _cpu_ticks(p) for p in [pid, *_descendants(pid)]}
+
+
+def _cpu_ticks_since(before: dict[int, int], pid: int) -> int:
+    """Ticks the tree under ``pid`` used since ``before`` (processes started since count from 0)."""
+    return sum(t - before.get(p, 0) for p, t in _tree_cpu_ticks(pid).items())
+
+
 class Sampler(threading.Thread):
-    """Samples RSS of the given processes (and their children) every 0.5 s; keeps the peak."""
+    """Samples RSS of the given processes (and all their descendants) every 0.5 s; keeps the peak."""
 
     def __init__(self, pids: dict[str, int], series_every_s: float = 10.0) -> None:
         super().__init__(daemon=True)
@@ -222,7 +247,7 @@ class Sampler(threading.Thread):
             total = 0
             roles = {}
             for role, pid in self.pids.items():
-                kb = _rss_kb(pid) + sum(_rss_kb(c) for c in _children(pid))
+                kb = _rss_kb(pid) + sum(_rss_kb(c) for c in _descendants(pid))
                 self.peak_by_role[role] = max(self.peak_by_role.get(role, 0), kb)
                 roles[role] = kb // 1024
                 total += kb
@@ -372,7 +397,7 @@ def _run_job(
     }
     sampler = Sampler({k: v for k, v in pids.items() if v})
     sampler.start()
-    tm_cpu0 = 0
+    tm_cpu0: dict[int, int] = {}
     out_topic = topics["roundtrip"] if spec.job in ("passthrough", "dedup") else topics["outcomes"]
     producer_thread = None
     achieved: dict[str, float] = {}
@@ -396,7 +421,7 @@ def _run_job(
     measure_from_ms = int(time.time() * 1000) if spec.warmup_s or spec.rate else 0
     t_measure = time.monotonic()
     during_result = during({"pids": pids, "cluster": cluster, "job_id": sub.job_id}) if during else None
-    tm_cpu0 = _cpu_ticks(pids["taskmanager"])
+    tm_cpu0 = _tree_cpu_ticks(pids["taskmanager"])
     t_cpu0 = time.monotonic()
     growth: list[dict[str, Any]] = []
     while time.monotonic() - t_measure < spec.seconds:
@@ -422,7 +447,7 @@ def _run_job(
     checkpoints = cluster.rest(f"/jobs/{sub.job_id}/checkpoints")
     by_vertex = _checkpoint_by_vertex(cluster, sub.job_id, checkpoints)
     vertices = ops_submit.status(cluster, sub.job_id).get("vertices", [])
-    tm_cpu_s = (_cpu_ticks(pids["taskmanager"]) - tm_cpu0) / os.sysconf("SC_CLK_TCK")
+    tm_cpu_s = _cpu_ticks_since(tm_cpu0, pids["taskmanager"]) / os.sysconf("SC_CLK_TCK")
     wall_s = time.monotonic() - t_cpu0
     state = cluster.rest(f"/jobs/{sub.job_id}").get("state")
     failure = None
