@@ -111,6 +111,10 @@ class EventsConfig:
     regions: tuple[str, ...] = ("eu-west", "us-east", "ap-south")
     max_out_of_orderness_ms: int = 2_000
     idle_timeout_ms: int = 5_000
+    # Live jobs: a processing-time heartbeat source keeps the watermark moving once every
+    # Kafka partition has been idle for idle_timeout_ms, so the windows before a pause in
+    # traffic fire instead of waiting for the next event. 0 = off.
+    heartbeat_ms: int = 1_000
     dedup_ttl_ms: int = 3_600_000
     window_ms: int = 1_000
     max_batch_size: int = 500
@@ -279,6 +283,9 @@ def from_mapping(tree: Mapping[str, Any]) -> PipelineConfig:
             raise ConfigError(
                 f"job.watermark_interval_ms must be at least 1, not {job.watermark_interval_ms}"
             )
+    events = sections.get("events")
+    if events is not None and events.heartbeat_ms < 0:
+        raise ConfigError(f"events.heartbeat_ms must be 0 (off) or more, not {events.heartbeat_ms}")
     tracing = sections.get("tracing")
     if tracing is not None:
         if tracing.exporter == "file" and not tracing.file:

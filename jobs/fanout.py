@@ -180,6 +180,40 @@ def kafka_events_table(t_env: StreamTableEnvironment, cfg: PipelineConfig) -> No
           {bounded}
           'format' = 'raw'
         )""")
+    if cfg.events.heartbeat_ms and not cfg.kafka.bounded:
+        heartbeat_table(t_env, cfg)
+
+
+HEARTBEAT_TABLE = "heartbeat_in"
+
+
+def heartbeat_table(t_env: StreamTableEnvironment, cfg: PipelineConfig) -> None:
+    """Register ``heartbeat_in``: a processing-time clock whose watermark joins the events'.
+
+    The event-time watermark only moves when events arrive, so the windows before a pause in
+    traffic would wait for the next event (minutes, at night). :func:`front_sql` unions
+    this table into the front, with a filter no row passes: only its watermark (processing
+    time - max out-of-orderness) reaches the windows. While any Kafka partition is active
+    the union's watermark is the minimum, i.e. the events'; once they are all idle
+    (``events.idle_timeout_ms``) the heartbeat's takes over and the open windows fire. An
+    event that arrives afterwards with an older ``occurred_at`` takes the late path
+    (delivered as its own batch, never dropped). Live jobs only: a bounded job must end
+    when its input does.
+    """
+    per_s = max(1, cfg.job.parallelism * 1000 // cfg.events.heartbeat_ms)
+    t_env.execute_sql(f"""
+        CREATE TEMPORARY TABLE {HEARTBEAT_TABLE} (
+          `beat` INT,
+          `rowtime` AS CAST(CURRENT_TIMESTAMP AS TIMESTAMP(3)),
+          `proc_time` AS PROCTIME(),
+          WATERMARK FOR `rowtime` AS `rowtime` - {_interval(cfg.events.max_out_of_orderness_ms)}
+        ) WITH (
+          'connector' = 'datagen',
+          'rows-per-second' = '{per_s}',
+          'fields.beat.kind' = 'random',
+          'fields.beat.min' = '0',
+          'fields.beat.max' = '0'
+        )""")
 
 
 def embedded_events_table(
@@ -236,6 +270,17 @@ def front_sql(t_env: StreamTableEnvironment, cfg: PipelineConfig) -> None:
         if "has_time" in columns
         else "(SELECT *, rowtime > TIMESTAMP '1970-01-01 00:00:00' AS has_time FROM events_in)"
     )
+    if HEARTBEAT_TABLE in t_env.list_temporary_tables() and "has_time" not in columns:
+        # only the heartbeat's watermark gets through: beat is always 0 (see heartbeat_table)
+        cols = "`raw`, src_topic, src_partition, src_offset, kafka_ts, event_id, region_key, redrive_id"
+        source = f"""(
+            SELECT {cols}, rowtime, proc_time, rowtime > TIMESTAMP '1970-01-01 00:00:00' AS has_time
+            FROM events_in
+            UNION ALL
+            SELECT CAST(NULL AS BYTES), CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT),
+                   CAST(NULL AS TIMESTAMP_LTZ(3)), CAST(NULL AS STRING), CAST(NULL AS STRING),
+                   CAST(NULL AS STRING), rowtime, proc_time, FALSE
+            FROM {HEARTBEAT_TABLE} WHERE beat < 0)"""
     t_env.execute_sql(f"""
         CREATE TEMPORARY VIEW deduped AS
         SELECT `raw`, src_topic, src_partition, src_offset, region_key, dedup_key, rowtime, has_time,

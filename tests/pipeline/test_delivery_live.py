@@ -7,6 +7,7 @@ deferred delivery arrives exactly once at the provider.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -83,5 +84,60 @@ def test_outage_of_one_channel_defers_it_while_the_others_keep_flowing(kafka, to
         dlq = [r for r in consume_all(kafka.bootstrap, cfg.topics.dlq)]
         assert dlq == []
         print(f"email+push complete {took:.1f} s after the last send, {during:.1f} s into the sms outage")
+    finally:
+        client.cancel().result()
+
+
+FAST_POLICY = {"request_timeout_s": 2.0, "retry": {"initial_interval": 0.05, "maximum_attempts": 0}}
+
+
+def test_windows_before_a_pause_fire_without_another_event(kafka, topics, provider_sim, tmp_path):
+    """A burst, then silence: the heartbeat's watermark closes the burst's windows.
+
+    Without ``events.heartbeat_ms`` the watermark moves only with events, and these windows
+    would wait for the next one (every other live test sends "tick" events for that).
+    """
+    url = f"http://{provider_sim.host}:{provider_sim.port}"
+    extra = [
+        "kafka.bounded=false",
+        "events.window_ms=500",
+        "events.idle_timeout_ms=1000",
+        "events.heartbeat_ms=200",
+        *delivery_overrides(url, tmp_path / "d.yaml", FAST_POLICY),
+    ]
+    cfg = job_config(kafka, topics, "fanout", 1, "pause", extra=extra)
+    env = build_job(kafka, cfg)
+    client = env.execute_async("pause-test")
+    traffic = LiveTraffic(kafka.bootstrap, cfg.topics.events)
+    try:
+        # the job is up once a first event is delivered (it may take the start-up path)
+        wait_until(
+            lambda: bool(traffic.planned()) and traffic.planned() <= set(ledger_pairs(provider_sim)),
+            "job start",
+            90,
+            lambda: traffic.send("warm", 1) if not traffic.sent else None,
+        )
+        warm = {eid for eid, _ in traffic.planned()}
+        time.sleep(1.0)
+        traffic.send("burst", 30)  # and nothing after it: no ticks
+        t0 = time.monotonic()
+        took = wait_until(
+            lambda: traffic.planned() <= set(ledger_pairs(provider_sim)), "the burst, no event after it", 30
+        )
+        wanted = {eid for eid, _ in traffic.planned()} - warm
+        burst: list[dict] = []
+
+        def committed() -> bool:  # outcomes become visible with the checkpoint after them
+            outcomes = [json.loads(v) for v in consume_all(kafka.bootstrap, cfg.topics.outcomes)]
+            burst[:] = [o for o in outcomes if o["event_id"].startswith("burst-")]
+            return {o["event_id"] for o in burst} >= wanted
+
+        wait_until(committed, "the burst's outcomes", 30)
+        assert {o["event_id"] for o in burst} == wanted
+        # they went through the event-time windows, not the late/start-up path
+        assert not any(o.get("late") for o in burst), [o for o in burst if o.get("late")][:2]
+        batches = {c["batch_id"] for o in burst for c in o["channels"].values() if c["batch_id"]}
+        assert batches and not any(b.startswith("single|") for b in batches), sorted(batches)[:3]
+        print(f"burst delivered {took:.1f} s after it was sent ({time.monotonic() - t0:.1f} s incl. reads)")
     finally:
         client.cancel().result()

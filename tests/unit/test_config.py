@@ -12,6 +12,7 @@ def test_defaults_come_from_conf_pipeline_yaml():
     assert cfg.job.mode == "fanout" and cfg.job.python_execution_mode == "thread"
     assert cfg.events.window_ms == 1000 and cfg.events.regions == ("eu-west", "us-east", "ap-south")
     assert (cfg.job.buffer_timeout_ms, cfg.job.watermark_interval_ms) == (10, 50)
+    assert cfg.events.heartbeat_ms == 1000
     assert cfg.branch("email").slot_sharing_group == "channel-email"
     assert cfg.branch("webhook") == BranchConfig()
 
@@ -41,6 +42,7 @@ def test_env_then_set_overrides_win_in_that_order():
         ("job.nope=1", "unknown config key job.nope"),
         ("job.watermark_interval_ms=0", "job.watermark_interval_ms must be at least 1"),
         ("job.buffer_timeout_ms=-2", "job.buffer_timeout_ms must be -1 or more"),
+        ("events.heartbeat_ms=-1", "events.heartbeat_ms must be 0"),
         ("branches.sms.speed=1", "unknown config key branches.sms.speed"),
         ("justakey", "must look like section.key=value"),
         ("tracing.exporter=jaeger", "tracing.exporter must be one of none, file, otlp"),
