@@ -113,8 +113,9 @@ class EventsConfig:
     idle_timeout_ms: int = 5_000
     # Live jobs: a processing-time heartbeat source keeps the watermark moving once every
     # Kafka partition has been idle for idle_timeout_ms, so the windows before a pause in
-    # traffic fire instead of waiting for the next event. 0 = off.
-    heartbeat_ms: int = 1_000
+    # traffic fire instead of waiting for the next event; one heartbeat row per this many ms
+    # per subtask (keep it at or below job.watermark_interval_ms). 0 = off.
+    heartbeat_ms: int = 50
     dedup_ttl_ms: int = 3_600_000
     window_ms: int = 1_000
     max_batch_size: int = 500

@@ -200,11 +200,16 @@ def heartbeat_table(t_env: StreamTableEnvironment, cfg: PipelineConfig) -> None:
     (delivered as its own batch, never dropped). Live jobs only: a bounded job must end
     when its input does.
     """
-    per_s = max(1, cfg.job.parallelism * 1000 // cfg.events.heartbeat_ms)
+    period = cfg.events.heartbeat_ms
+    per_s = max(1, cfg.job.parallelism * 1000 // period)  # one row per period per subtask
+    # Each row's time leads the wall clock by one period, so between rows the heartbeat's
+    # watermark is never behind wall clock - out-of-orderness, and while events flow theirs is
+    # the minimum. (A first version stamped rows with the wall clock at 1 row/s: its watermark
+    # lagged up to 1 s, became the minimum, and p99 went from 2.1 s to 6.5 s at 80% load.)
     t_env.execute_sql(f"""
         CREATE TEMPORARY TABLE {HEARTBEAT_TABLE} (
           `beat` INT,
-          `rowtime` AS CAST(CURRENT_TIMESTAMP AS TIMESTAMP(3)),
+          `rowtime` AS CAST(CURRENT_TIMESTAMP AS TIMESTAMP(3)) + {_interval(period)},
           `proc_time` AS PROCTIME(),
           WATERMARK FOR `rowtime` AS `rowtime` - {_interval(cfg.events.max_out_of_orderness_ms)}
         ) WITH (

@@ -102,7 +102,7 @@ def test_windows_before_a_pause_fire_without_another_event(kafka, topics, provid
         "kafka.bounded=false",
         "events.window_ms=500",
         "events.idle_timeout_ms=1000",
-        "events.heartbeat_ms=200",
+        "events.heartbeat_ms=50",
         *delivery_overrides(url, tmp_path / "d.yaml", FAST_POLICY),
     ]
     cfg = job_config(kafka, topics, "fanout", 1, "pause", extra=extra)
