@@ -115,7 +115,7 @@ class EventsConfig:
     # Kafka partition has been idle for idle_timeout_ms, so the windows before a pause in
     # traffic fire instead of waiting for the next event; one heartbeat row per this many ms
     # per subtask (50 = job.watermark_interval_ms works). 0 = off, the default: under load it
-    # cost p99 (2.1 -> 6.5 s at 80%, docs/benchmarks.md), so it is for sparse traffic.
+    # cost p99 (2.2 -> 6.2-6.7 s at 80%, docs/benchmarks.md), so it is for sparse traffic.
     heartbeat_ms: int = 0
     dedup_ttl_ms: int = 3_600_000
     window_ms: int = 1_000

@@ -1077,9 +1077,12 @@ def _plot_load(runs: list[dict], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in sorted({r["variant"] for r in runs}):
         pts = sorted(
-            (r.get("achieved_offered_rate") or r["offered_rate"], r.get("latency_ms") or {})
-            for r in runs
-            if r["variant"] == name and r.get("latency_ms")
+            (
+                (r.get("achieved_offered_rate") or r["offered_rate"], r.get("latency_ms") or {})
+                for r in runs
+                if r["variant"] == name and r.get("latency_ms")
+            ),
+            key=lambda pt: pt[0],  # repeated load points share a rate: never compare the dicts
         )
         if not pts:
             continue
