@@ -12,7 +12,7 @@ def test_defaults_come_from_conf_pipeline_yaml():
     assert cfg.job.mode == "fanout" and cfg.job.python_execution_mode == "thread"
     assert cfg.events.window_ms == 1000 and cfg.events.regions == ("eu-west", "us-east", "ap-south")
     assert (cfg.job.buffer_timeout_ms, cfg.job.watermark_interval_ms) == (10, 50)
-    assert cfg.events.heartbeat_ms == 0
+    assert cfg.events.heartbeat_ms == 0 and cfg.job.state_backend == "rocksdb"
     assert cfg.branch("email").slot_sharing_group == "channel-email"
     assert cfg.branch("webhook") == BranchConfig()
 
