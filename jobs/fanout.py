@@ -204,8 +204,9 @@ def heartbeat_table(t_env: StreamTableEnvironment, cfg: PipelineConfig) -> None:
     per_s = max(1, cfg.job.parallelism * 1000 // period)  # one row per period per subtask
     # Each row's time leads the wall clock by one period, so between rows the heartbeat's
     # watermark is never behind wall clock - out-of-orderness, and while events flow theirs is
-    # the minimum. (A first version stamped rows with the wall clock at 1 row/s: its watermark
-    # lagged up to 1 s, became the minimum, and p99 went from 2.1 s to 6.5 s at 80% load.)
+    # the minimum. (A first version stamped rows with the wall clock at 1 row/s, so its
+    # watermark lagged up to 1 s. Even with this fix, p99 at 80% load was ~3x with the
+    # heartbeat on, which is why it is off by default: docs/benchmarks.md, "Known issues".)
     t_env.execute_sql(f"""
         CREATE TEMPORARY TABLE {HEARTBEAT_TABLE} (
           `beat` INT,
