@@ -153,6 +153,10 @@ def pyspy_profile(pid: int, seconds: int, work: Path) -> dict[str, Any]:
             "raw",
             "--nonblocking",
             "--threads",
+            # only samples taken while a thread holds the GIL: in thread mode every Python
+            # operator shares one interpreter, so a thread waiting for the GIL would
+            # otherwise count as time in whatever frame it waits in
+            "--gil",
             "-o",
             str(out),
         ],
@@ -182,6 +186,8 @@ def pyspy_profile(pid: int, seconds: int, work: Path) -> dict[str, Any]:
             total_n[f] += n
     return {
         "samples": samples,
+        # share of the wall time in which some thread held the GIL (200 samples/s)
+        "gil_held_fraction": round(samples / (200 * seconds), 3),
         "by_thread": by_thread.most_common(20),
         "top_self": self_n.most_common(40),
         "top_total": total_n.most_common(60),
@@ -323,6 +329,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"py-spy failed: {py['error']}", ""]
     else:
         total = py.get("samples", 0)
+        lines += [
+            "Python samples are taken only while a thread holds the GIL (`py-spy --gil`); "
+            f"the GIL was held {py.get('gil_held_fraction', 0):.0%} of the time.",
+            "",
+        ]
         table("Python: samples per thread", py.get("by_thread", []), total)
         table("Python: self time", py.get("top_self", [])[:30], total)
         table("Python: total time", py.get("top_total", [])[:40], total)

@@ -75,6 +75,25 @@ def test_fan_in_timeout_lists_pending_branches():
     assert not o.complete and set(o.pending) == set(routed.plans[0].channels)
 
 
+def test_fan_in_timer_touches_only_the_events_due_and_returns_only_new_timers():
+    """A timer leaves the other events (and their registered timers) alone."""
+    raws = [event_bytes(event_id=f"t{i}", region="eu-west", recipient=make_recipient()) for i in range(4)]
+    routed = stages.route_batch(list(map(_rec, raws)), WINDOW, RULES, CFG)
+    states: stages.FanInStates = {}
+    early, late = routed.plans[:2], routed.plans[2:]
+    (t_early,) = set(stages.fanin_plans(states, early, now_ms=0, timeout_ms=1000)[1])
+    (t_late,) = set(stages.fanin_plans(states, late, now_ms=500, timeout_ms=1000)[1])
+    untouched = {p.event_id: states[p.event_id] for p in late}
+    outcomes, timers = stages.fanin_timer(states, now_ms=t_early)
+    assert sorted(o.event_id for o in outcomes) == ["t0", "t1"]
+    assert all(not o.complete for o in outcomes)
+    # the timed-out events linger (a new deadline each); the others keep theirs, not re-sent
+    assert t_late not in timers and timers and all(t > t_early for t in timers)
+    assert all(states[eid] is s for eid, s in untouched.items())
+    late_outcomes, _ = stages.fanin_timer(states, now_ms=t_late)
+    assert sorted(o.event_id for o in late_outcomes) == ["t2", "t3"]
+
+
 def test_fan_in_journal_replay_rebuilds_the_states_and_compacts_when_settled():
     """What the fan-in operator journals rebuilds its in-memory states after a restore."""
     import pickle
