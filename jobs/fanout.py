@@ -540,7 +540,7 @@ class _RouterBase:
                 counter.inc(len(batch.event_ids))
             yield channel_tag(batch.channel), Row(batch.batch_id, (window.key, batch))
         if routed.plans:
-            yield Row(window.key, ("plan", window.key, routed.plans))
+            yield Row(window.key, ("plan", window.key, stages.pack(routed.plans)))
 
 
 class Router(ProcessFunction, _RouterBase):
@@ -694,7 +694,7 @@ class Deliver(KeyedProcessFunction):
             if self.spans is not None:
                 self.spans.export(stages.topic_batch_span(batch, window_key, now_ms))
             yield delivered.record.decode()
-            yield RESULTS_TAG, Row(window_key, ("results", window_key, delivered.results))
+            yield RESULTS_TAG, Row(window_key, ("results", window_key, stages.pack(delivered.results)))
             m = stages.batch_metrics(batch, delivered.results, self.settings.window_ms)
             yield METRICS_TAG, Row(m.key, m)
             return
@@ -787,7 +787,7 @@ class Deliver(KeyedProcessFunction):
             self.dead_lettered.inc()
             yield DLQ_TAG, raw.decode()
         if step.results:
-            yield RESULTS_TAG, Row(pb.window_key, ("results", pb.window_key, step.results))
+            yield RESULTS_TAG, Row(pb.window_key, ("results", pb.window_key, stages.pack(step.results)))
             bm = stages.batch_metrics(pb.batch, step.results, s.window_ms, observe=not pb.observed)
             yield METRICS_TAG, Row(bm.key, bm)
             if not pb.observed:

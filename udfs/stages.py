@@ -16,6 +16,7 @@ Shapes::
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -324,16 +325,34 @@ def fanin_timer(states: FanInStates, now_ms: int) -> tuple[list[Outcome], list[i
 # replaying the journal through the same transitions, with the times they ran at.
 JournalEntry = tuple[Any, ...]
 """``("plans", now_ms, timeout_ms, plans)``, ``("results", now_ms, results)``,
-``("timer", now_ms)`` or ``("snapshot", states)``."""
+``("timer", now_ms)`` or ``("snapshot", states)``; plans and results :func:`pack`-ed."""
+
+
+def pack(items: Sequence[Plan] | Sequence[BranchResult]) -> bytes:
+    """Pickle a window batch's plans or a delivered batch's results for the fan-in.
+
+    They cross the edge as these bytes and the fan-in journals the same bytes: before, the
+    journal pickled again every plan and result the edge had just unpickled (about a ninth
+    of the job's pickle time, measured).
+    """
+    return pickle.dumps(items, pickle.HIGHEST_PROTOCOL)
+
+
+def _unpack(payload: Any) -> Any:
+    # journal entries written before ``pack`` hold the objects themselves
+    return pickle.loads(payload) if isinstance(payload, bytes) else payload
 
 
 def fanin_apply(states: FanInStates, entry: JournalEntry) -> tuple[list[Outcome], list[int]]:
-    """Apply one journal entry to ``states``; return outcomes and timers (as the live call did)."""
+    """Apply one journal entry to ``states``; return outcomes and timers (as the live call did).
+
+    The plans and results of an entry are :func:`pack`-ed bytes, or (older journals) objects.
+    """
     kind = entry[0]
     if kind == "plans":
-        return fanin_plans(states, entry[3], entry[1], entry[2])
+        return fanin_plans(states, _unpack(entry[3]), entry[1], entry[2])
     if kind == "results":
-        return fanin_results(states, entry[2], entry[1])
+        return fanin_results(states, _unpack(entry[2]), entry[1])
     if kind == "timer":
         return fanin_timer(states, entry[1])
     if kind == "snapshot":

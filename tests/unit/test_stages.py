@@ -126,6 +126,31 @@ def test_fan_in_journal_replay_rebuilds_the_states_and_compacts_when_settled():
     assert live == {}
 
 
+def test_fan_in_journal_of_packed_entries_replays_like_objects_and_old_entries_still_load():
+    """Plans and results travel and are journaled packed; journals of objects still replay."""
+    import pickle
+
+    raws = [event_bytes(event_id=f"p{i}", region="eu-west", recipient=make_recipient()) for i in range(3)]
+    routed = stages.route_batch(list(map(_rec, raws)), WINDOW, RULES, CFG)
+    results = [stages.deliver_to_topic(b, WINDOW.key, now_ms=5100).results for b in routed.batches]
+    objects = [("plans", 5000, 60_000, routed.plans)] + [
+        ("results", 5100 + i, r) for i, r in enumerate(results)
+    ]
+    packed = [("plans", 5000, 60_000, stages.pack(routed.plans))] + [
+        ("results", 5100 + i, stages.pack(r)) for i, r in enumerate(results)
+    ]
+    assert all(isinstance(e[-1], bytes) for e in packed)
+    live_objects: stages.FanInStates = {}
+    live_packed: stages.FanInStates = {}
+    out_objects = [o for e in objects for o in stages.fanin_apply(live_objects, e)[0]]
+    out_packed = [o for e in packed for o in stages.fanin_apply(live_packed, e)[0]]
+    assert out_packed == out_objects and live_packed == live_objects
+    assert sorted(o.event_id for o in out_packed) == ["p0", "p1", "p2"]
+    # a journal restored from a savepoint: old entries (objects) followed by new (packed)
+    mixed = pickle.loads(pickle.dumps(objects[:1] + packed[1:]))
+    assert stages.fanin_replay(mixed) == live_objects
+
+
 def test_fast_pickle_round_trips_state_objects():
     import pickle
 
