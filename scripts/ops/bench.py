@@ -15,6 +15,7 @@ delivered in the operator thread) to show what the non-blocking design buys.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -706,6 +708,38 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _short_rev(rev: str) -> str:
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", rev], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    return out.stdout.strip()
+
+
+@contextlib.contextmanager
+def _worktrees(revs: list[str], tmp: Path) -> Iterator[dict[str, str]]:
+    """Yield ``{name: checkout root}`` for git revisions, each a worktree under ``tmp``.
+
+    ``HEAD`` is this checkout as it is (root ``""``, name ``<sha>-worktree``); the others are
+    detached worktrees sharing this checkout's jar cache, removed again on the way out.
+    """
+    roots: dict[str, str] = {}
+    try:
+        for rev in revs:
+            name = _short_rev(rev) + ("-worktree" if rev == "HEAD" else "")
+            if rev == "HEAD":
+                roots[name] = ""
+                continue
+            tree = tmp / name
+            subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True)
+            (tree / ".cache").symlink_to(ROOT / ".cache")
+            roots[name] = str(tree)
+        yield roots
+    finally:
+        for root in roots.values():
+            if root:
+                subprocess.run(["git", "worktree", "remove", "--force", root], cwd=ROOT, check=False)
+
+
 def ab(args: argparse.Namespace) -> int:
     """Before/after in one run: the same fanout workload on several commits, alternating.
 
@@ -717,57 +751,36 @@ def ab(args: argparse.Namespace) -> int:
     """
     from ops.benchrun import RunSpec, Stack, run_job, write_json
 
-    def short(rev: str) -> str:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", rev], capture_output=True, text=True, cwd=ROOT, check=True
-        )
-        return out.stdout.strip()
-
     revs = [r.strip() for r in args.revs.split(",") if r.strip()]
-    rev_names = [short(r) + ("-worktree" if r == "HEAD" else "") for r in revs]
     configs = _variants(args.variant)
     plain = len(configs) == 1 and not configs[0][1]
-    # every revision x configuration pair is one variant: name -> (revision's name, --set values)
-    variant_of = {(rn if plain else f"{rn}-{cn}"): (rn, sets) for rn in rev_names for cn, sets in configs}
-    names = list(variant_of)
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
-        roots: dict[str, str] = {}
-        try:
-            for rev, name in zip(revs, rev_names, strict=True):
-                if rev == "HEAD":
-                    roots[name] = ""
-                    continue
-                tree = Path(tmp) / name
-                subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True)
-                (tree / ".cache").symlink_to(ROOT / ".cache")
-                roots[name] = str(tree)
-            with Stack(Path(tmp) / "stack") as stack:
-                for n in range(args.rounds):
-                    order = names if n % 2 == 0 else list(reversed(names))
-                    for name in order:
-                        stack.cluster.restart_taskmanager()
-                        spec = RunSpec(
-                            f"{name}-{n}",
-                            "fanout",
-                            2,
-                            args.latency_ms,
-                            events=args.events,
-                            seconds=args.seconds,
-                            warmup_s=args.warmup,
-                            density=args.density,
-                            root=roots[variant_of[name][0]],
-                            extra_sets=variant_of[name][1],
-                        )
-                        r = run_job(stack, spec)
-                        r["variant"] = name
-                        results.append(r)
-                        brief = ("name", "events_per_s", "tm_cpu_cores", "failure")
-                        print(json.dumps({k: r.get(k) for k in brief}), flush=True)
-        finally:
-            for root in roots.values():
-                if root:
-                    subprocess.run(["git", "worktree", "remove", "--force", root], cwd=ROOT, check=False)
+    with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp, _worktrees(revs, Path(tmp)) as roots:
+        # every revision x configuration pair is one variant: name -> (revision's name, --set values)
+        variant_of = {(rn if plain else f"{rn}-{cn}"): (rn, sets) for rn in roots for cn, sets in configs}
+        names = list(variant_of)
+        with Stack(Path(tmp) / "stack") as stack:
+            for n in range(args.rounds):
+                order = names if n % 2 == 0 else list(reversed(names))
+                for name in order:
+                    stack.cluster.restart_taskmanager()
+                    spec = RunSpec(
+                        f"{name}-{n}",
+                        "fanout",
+                        2,
+                        args.latency_ms,
+                        events=args.events,
+                        seconds=args.seconds,
+                        warmup_s=args.warmup,
+                        density=args.density,
+                        root=roots[variant_of[name][0]],
+                        extra_sets=variant_of[name][1],
+                    )
+                    r = run_job(stack, spec)
+                    r["variant"] = name
+                    results.append(r)
+                    brief = ("name", "events_per_s", "tm_cpu_cores", "failure")
+                    print(json.dumps({k: r.get(k) for k in brief}), flush=True)
 
     def median(name: str) -> float | None:
         xs = sorted(r["events_per_s"] for r in results if r["variant"] == name and r.get("events_per_s"))
@@ -903,7 +916,13 @@ def _merge_summary(header: dict[str, Any], figures: dict[str, Any]) -> None:
 
 
 def _live_spec(
-    name: str, rate: int, secs: int, warm: int, sets: tuple[str, ...] = (), job: str = "fanout"
+    name: str,
+    rate: int,
+    secs: int,
+    warm: int,
+    sets: tuple[str, ...] = (),
+    job: str = "fanout",
+    root: str = "",
 ) -> Any:
     """Return a live run at 20 ms providers, p=2: ``rate`` events/s, occurred_at = send time.
 
@@ -921,6 +940,7 @@ def _live_spec(
         rate=rate,
         seconds=secs,
         warmup_s=warm,
+        root=root,
         extra_sets=("events.max_out_of_orderness_ms=500", *sets),
     )
 
@@ -996,14 +1016,27 @@ def load(args: argparse.Namespace) -> int:
     """
     from ops.benchrun import Stack, run_job, write_json
 
-    variants = _variants(args.variant)
+    revs = [r.strip() for r in (args.revs or "HEAD").split(",") if r.strip()]
+    if len(revs) > 1 and not args.max:
+        raise SystemExit("error: bench load --revs compares revisions at one rate: give --max")
+    configs = _variants(args.variant)
     runs: list[dict[str, Any]] = []
     header = _header("load")
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, Stack(Path(tmp)) as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-") as tmp,
+        _worktrees(revs, Path(tmp)) as roots,
+        Stack(Path(tmp) / "stack") as stack,
+    ):
+        # (name, checkout root, --set values): configurations, times revisions when given
+        variants = [
+            (cn if len(roots) == 1 else (rn if len(configs) == 1 and not sets else f"{rn}-{cn}"), root, sets)
+            for rn, root in roots.items()
+            for cn, sets in configs
+        ]
         # each variant's own live capacity: "% of its maximum load" is per configuration
         tops: dict[str, int] = {}
         maxima: list[dict[str, Any]] = []
-        for name, sets in variants:
+        for name, _, sets in variants:
             if args.max:
                 tops[name] = args.max
                 continue
@@ -1011,10 +1044,15 @@ def load(args: argparse.Namespace) -> int:
                 stack, sets, args.warmup, args.seconds, args.start_density, args.max_iterations
             )
             maxima.extend({**r, "variant": name} for r in found)
-        for pct in args.pcts:
-            for name, sets in variants:
+        for i, pct in enumerate(args.pcts):
+            # alternate the order: the first run on a fresh stack is slower (cold JIT, caches)
+            for name, root, sets in variants if i % 2 == 0 else variants[::-1]:
+                if len(roots) > 1:  # a thread-mode TaskManager keeps the first code it loaded
+                    stack.cluster.restart_taskmanager()
                 rate = max(10, int(tops[name] * pct / 100))
-                spec = _live_spec(f"fanout-p2-20ms-load{pct}-{name}", rate, args.seconds, args.warmup, sets)
+                spec = _live_spec(
+                    f"fanout-p2-20ms-load{pct}-{name}", rate, args.seconds, args.warmup, sets, root=root
+                )
                 r = run_job(stack, spec)
                 r["load_pct_of_max"] = pct
                 r["variant"] = name
@@ -1040,7 +1078,8 @@ def load(args: argparse.Namespace) -> int:
         "live_capacity_events_per_s": tops[variants[0][0]],
         "live_capacity_by_variant": tops,
         "capacity_runs": maxima,
-        "variants": {n: list(s) for n, s in variants},
+        "variants": {n: list(s) for n, _, s in variants},
+        "revisions": list(roots) if len(roots) > 1 else [],
         "runs": [{k: v for k, v in r.items() if k not in ("vertices", "rss_series")} for r in runs],
     }
     write_json(ROOT / "docs" / "benchmarks" / f"load{suffix}.json", report)
@@ -1217,6 +1256,11 @@ def main(argv: list[str] | None = None) -> int:
         "--variant", action="append", metavar="NAME:SECTION.KEY=VALUE,...", help="configurations to compare"
     )
     lo.add_argument("--summary-variant", default="", help="merge this variant's figures into summary.json")
+    lo.add_argument(
+        "--revs",
+        default="",
+        help="comma-separated git revisions to compare at --max (default: this checkout)",
+    )
     lo.add_argument(
         "--label", default="", help="output: docs/benchmarks/load-<label>.json, latency-vs-load-<label>.png"
     )
