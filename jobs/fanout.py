@@ -115,22 +115,6 @@ def keyed(stream: DataStream) -> KeyedStream:
     return KeyedStream(j_keyed, PICKLED, stream)
 
 
-def side_output(stream: DataStream, tag: OutputTag, cfg: PipelineConfig) -> DataStream:
-    """Return the side output ``tag`` of ``stream``; in thread mode with no Python operator.
-
-    PyFlink's ``get_side_output`` appends ``map(lambda i: i)`` to every side output: a Python
-    operator that unpickles and pickles again every record (the router's channel batches, a
-    branch's results and metrics). Measured at 20,000 events/s of backlog, those maps did
-    about a quarter of the job's pickling (docs/benchmarks.md, "Making it fast"). In thread
-    mode the operator already hands the JVM records of the tag's type (``SideOutputContext``
-    converts them with the tag's type info), so the Java side output is used as it is, the
-    way ``keyed`` does only the Java half of ``key_by``. Process mode keeps PyFlink's map.
-    """
-    if cfg.job.python_execution_mode != "thread":
-        return stream.get_side_output(tag)
-    return DataStream(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()))
-
-
 def linear_tag(channel: str) -> OutputTag:
     """Return the side output carrying one channel's records out of the linear operator."""
     return OutputTag(f"linear-{channel}", Types.STRING())
@@ -1133,9 +1117,9 @@ def build(
             .uid("linear")
         )
         sinks.attach(main, "outcomes")
-        sinks.attach(side_output(main, DLQ_TAG, cfg), "dlq")
+        sinks.attach(main.get_side_output(DLQ_TAG), "dlq")
         for ch in settings.channels:
-            records = side_output(main, linear_tag(ch), cfg)
+            records = main.get_side_output(linear_tag(ch))
             sinks.attach(records, ch)
         return
 
@@ -1153,7 +1137,7 @@ def build(
             .name("route: validate + decide + plan")
             .uid("route")
         )
-    dlq: list[DataStream] = [side_output(routed, DLQ_TAG, cfg)]
+    dlq: list[DataStream] = [routed.get_side_output(DLQ_TAG)]
     to_fanin: list[DataStream] = []
     metrics: list[DataStream] = []
     for ch in settings.channels:
@@ -1161,7 +1145,7 @@ def build(
         parallelism = branch.parallelism or cfg.job.parallelism
         group = branch.slot_sharing_group or f"channel-{ch}"
         delivered = (
-            keyed(side_output(routed, channel_tag(ch), cfg))
+            keyed(routed.get_side_output(channel_tag(ch)))
             .process(Deliver(deliver_settings(cfg, settings, ch, parallelism)), output_type=Types.STRING())
             .name(f"deliver-{ch}")
             .uid(f"deliver-{ch}")
@@ -1169,9 +1153,9 @@ def build(
             .slot_sharing_group(group)
         )
         sinks.attach(delivered, ch)
-        to_fanin.append(side_output(delivered, RESULTS_TAG, cfg))
-        metrics.append(side_output(delivered, METRICS_TAG, cfg))
-        dlq.append(side_output(delivered, DLQ_TAG, cfg))
+        to_fanin.append(delivered.get_side_output(RESULTS_TAG))
+        metrics.append(delivered.get_side_output(METRICS_TAG))
+        dlq.append(delivered.get_side_output(DLQ_TAG))
     sinks.attach(dlq[0].union(*dlq[1:]) if len(dlq) > 1 else dlq[0], "dlq")
     outcomes = (
         keyed(routed.union(*to_fanin))
