@@ -4,13 +4,23 @@ and a switch of state backend (heap -> RocksDB, through a canonical savepoint).
 State survives (a duplicate sent before the upgrade is still dropped after it; events
 whose windows were open at the savepoint get exactly one outcome) and every
 (event, channel) is delivered exactly once across the upgrade.
+
+v1 runs the code of an older commit (``UPGRADE_FROM``, a git worktree) and the TaskManager
+is restarted before v2, so the test checks an upgrade from an older version of the job
+graph and its state, not only a configuration change: operators without a uid (the SQL
+front) get ids from the shape of the whole graph, and a change elsewhere can move them.
+``NOTIFY_UPGRADE_FROM=<revision>`` picks another commit; ``NOTIFY_UPGRADE_FROM=HEAD`` runs
+both versions from this checkout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +28,7 @@ import yaml
 
 from ops import submit as ops_submit
 from ops.kafka_io import consume_all, produce
+from ops.paths import ROOT
 from udfs.generator import generate_events
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +45,33 @@ def _ids(records: list[bytes]) -> set[str]:
     return {json.loads(r)["event_id"] for r in records}
 
 
-def test_upgrade_through_a_savepoint_keeps_state_and_exactly_once(kafka, topic, flink_cluster, tmp_path):
+# the last version whose savepoints this one must restore (session 5's final commit)
+UPGRADE_FROM = "bbcc9db"
+FROM_REV = os.environ.get("NOTIFY_UPGRADE_FROM", UPGRADE_FROM)
+CROSS_VERSION = FROM_REV not in ("", "HEAD")
+
+
+@pytest.fixture
+def v1_root(tmp_path: Path) -> Iterator[Path]:
+    """The checkout v1 runs from: a worktree of ``FROM_REV``, or this one."""
+    if not CROSS_VERSION:
+        yield ROOT
+        return
+    known = subprocess.run(["git", "cat-file", "-e", f"{FROM_REV}^{{commit}}"], cwd=ROOT, check=False)
+    if known.returncode != 0:
+        pytest.fail(f"commit {FROM_REV} is not in this clone: the upgrade test needs the git history")
+    tree = tmp_path / "v1-code"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), FROM_REV], cwd=ROOT, check=True)
+    (tree / ".cache").symlink_to(ROOT / ".cache")
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+
+
+def test_upgrade_through_a_savepoint_keeps_state_and_exactly_once(
+    kafka, topic, flink_cluster, tmp_path, v1_root
+):
     names = {k: topic(k) for k in ("events", "rules", "outcomes", "dlq", "metrics")}
     prefix = topic("ch")
     kafka.create_topics([f"{prefix}.{ch}" for ch in CHANNELS])
@@ -51,7 +88,12 @@ def test_upgrade_through_a_savepoint_keeps_state_and_exactly_once(kafka, topic, 
         "job.checkpoint_interval_ms=1000",
     )
     v1 = ops_submit.submit(
-        flink_cluster, "fanout", parallelism=1, name="upgrade-v1", sets=(*common, "job.state_backend=hashmap")
+        flink_cluster,
+        "fanout",
+        parallelism=1,
+        name="upgrade-v1",
+        sets=(*common, "job.state_backend=hashmap"),
+        root=v1_root,
     )
     v2_id = None
     try:
@@ -74,6 +116,7 @@ def test_upgrade_through_a_savepoint_keeps_state_and_exactly_once(kafka, topic, 
                 "branches.sms.parallelism=2",
                 "job.state_backend=rocksdb",
             ),
+            restart_taskmanager=CROSS_VERSION,  # thread mode keeps the code it loaded first
         )
         v2_id = v2.job_id
         assert Path(savepoint.removeprefix("file:")).exists()
