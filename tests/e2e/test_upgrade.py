@@ -87,6 +87,8 @@ def test_upgrade_through_a_savepoint_keeps_state_and_exactly_once(
         f"topics.channel_prefix={prefix}.",
         "job.checkpoint_interval_ms=1000",
     )
+    if CROSS_VERSION:  # a shared TaskManager has loaded this checkout's code: v1 needs its own
+        flink_cluster.restart_taskmanager()
     v1 = ops_submit.submit(
         flink_cluster,
         "fanout",
