@@ -91,11 +91,6 @@ class JobConfig:
     # 30-400 ms off p99 at every load and cost no throughput (measured in one run each).
     buffer_timeout_ms: int = 10
     watermark_interval_ms: int = 50
-    # Thread mode: every Python operator of a TaskManager shares one interpreter. An
-    # operator that hands records to the JVM one by one takes the GIL once per record, and
-    # while another operator runs Python it gets it only when CPython's switch interval
-    # (5,000 us) forces a hand-over. Microseconds; 0 = leave CPython's default.
-    python_switch_interval_us: int = 0
     restart_attempts: int = 3
     restart_delay_ms: int = 1000
     # window batches are keyed by (region, bucket): buckets spread one region over subtasks
@@ -286,9 +281,6 @@ def from_mapping(tree: Mapping[str, Any]) -> PipelineConfig:
         # Flink: -1 = send a buffer only when full, 0 = after every record
         if job.buffer_timeout_ms < -1:
             raise ConfigError(f"job.buffer_timeout_ms must be -1 or more, not {job.buffer_timeout_ms}")
-        if job.python_switch_interval_us < 0:
-            value = job.python_switch_interval_us
-            raise ConfigError(f"job.python_switch_interval_us must be 0 (default) or more, not {value}")
         # 0 would switch periodic watermarks off, and no window would ever fire
         if job.watermark_interval_ms < 1:
             raise ConfigError(

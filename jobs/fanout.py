@@ -391,7 +391,6 @@ class JobSettings:
     log_decisions: bool = False
     address_fields: tuple[tuple[str, str], ...] = ()
     tracing: TracingSettings = field(default_factory=TracingSettings)
-    switch_interval_us: int = 0  # job.python_switch_interval_us (0: CPython's default)
 
 
 def _counter(owner: Any, ctx: RuntimeContext, name: str):
@@ -482,8 +481,6 @@ class _RouterBase:
 
     def _open(self, ctx: RuntimeContext) -> None:
         _open_logs(self.settings.tracing)
-        if self.settings.switch_interval_us > 0:  # the interpreter is shared: one setting for all
-            sys.setswitchinterval(self.settings.switch_interval_us / 1e6)
         self.file_rules = _open_rules(self.settings)
         self.rules_cache: tuple[str, RuleSet] | None = None
         self.seen_batches = 0
@@ -1047,7 +1044,6 @@ def settings_for(cfg: PipelineConfig) -> JobSettings:
         cfg.events.log_decisions,
         tuple(sorted((ch, f) for ch, f in rules.addresses.items() if f)),
         tracing_settings(cfg),
-        cfg.job.python_switch_interval_us,
     )
 
 

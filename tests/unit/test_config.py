@@ -13,7 +13,6 @@ def test_defaults_come_from_conf_pipeline_yaml():
     assert cfg.events.window_ms == 1000 and cfg.events.regions == ("eu-west", "us-east", "ap-south")
     assert (cfg.job.buffer_timeout_ms, cfg.job.watermark_interval_ms) == (10, 50)
     assert cfg.events.heartbeat_ms == 0 and cfg.job.state_backend == "rocksdb"
-    assert cfg.job.python_switch_interval_us == 0
     assert cfg.branch("email").slot_sharing_group == "channel-email"
     assert cfg.branch("webhook") == BranchConfig()
 
@@ -44,7 +43,6 @@ def test_env_then_set_overrides_win_in_that_order():
         ("job.watermark_interval_ms=0", "job.watermark_interval_ms must be at least 1"),
         ("job.buffer_timeout_ms=-2", "job.buffer_timeout_ms must be -1 or more"),
         ("events.heartbeat_ms=-1", "events.heartbeat_ms must be 0"),
-        ("job.python_switch_interval_us=-5", "job.python_switch_interval_us must be 0 \\(default\\) or more"),
         ("branches.sms.speed=1", "unknown config key branches.sms.speed"),
         ("justakey", "must look like section.key=value"),
         ("tracing.exporter=jaeger", "tracing.exporter must be one of none, file, otlp"),
