@@ -15,7 +15,6 @@ delivered in the operator thread) to show what the non-blocking design buys.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -23,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from ops.kafka_io import fresh_name, produce
 from ops.paths import ROOT
 from ops.proc import free_port
 from ops.provider_sim import ProviderSim, SimClient
+from ops.worktree import worktrees
 
 CHANNELS = ("email", "sms", "push")
 
@@ -708,38 +707,6 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _short_rev(rev: str) -> str:
-    out = subprocess.run(
-        ["git", "rev-parse", "--short", rev], capture_output=True, text=True, cwd=ROOT, check=True
-    )
-    return out.stdout.strip()
-
-
-@contextlib.contextmanager
-def _worktrees(revs: list[str], tmp: Path) -> Iterator[dict[str, str]]:
-    """Yield ``{name: checkout root}`` for git revisions, each a worktree under ``tmp``.
-
-    ``HEAD`` is this checkout as it is (root ``""``, name ``<sha>-worktree``); the others are
-    detached worktrees sharing this checkout's jar cache, removed again on the way out.
-    """
-    roots: dict[str, str] = {}
-    try:
-        for rev in revs:
-            name = _short_rev(rev) + ("-worktree" if rev == "HEAD" else "")
-            if rev == "HEAD":
-                roots[name] = ""
-                continue
-            tree = tmp / name
-            subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True)
-            (tree / ".cache").symlink_to(ROOT / ".cache")
-            roots[name] = str(tree)
-        yield roots
-    finally:
-        for root in roots.values():
-            if root:
-                subprocess.run(["git", "worktree", "remove", "--force", root], cwd=ROOT, check=False)
-
-
 def ab(args: argparse.Namespace) -> int:
     """Before/after in one run: the same fanout workload on several commits, alternating.
 
@@ -755,7 +722,7 @@ def ab(args: argparse.Namespace) -> int:
     configs = _variants(args.variant)
     plain = len(configs) == 1 and not configs[0][1]
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp, _worktrees(revs, Path(tmp)) as roots:
+    with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp, worktrees(revs, Path(tmp)) as roots:
         # every revision x configuration pair is one variant: name -> (revision's name, --set values)
         variant_of = {(rn if plain else f"{rn}-{cn}"): (rn, sets) for rn in roots for cn, sets in configs}
         names = list(variant_of)
@@ -1024,7 +991,7 @@ def load(args: argparse.Namespace) -> int:
     header = _header("load")
     with (
         tempfile.TemporaryDirectory(prefix="bench-") as tmp,
-        _worktrees(revs, Path(tmp)) as roots,
+        worktrees(revs, Path(tmp)) as roots,
         Stack(Path(tmp) / "stack") as stack,
     ):
         # (name, checkout root, --set values): configurations, times revisions when given

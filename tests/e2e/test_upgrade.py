@@ -29,6 +29,7 @@ import yaml
 from ops import submit as ops_submit
 from ops.kafka_io import consume_all, produce
 from ops.paths import ROOT
+from ops.worktree import worktrees
 from udfs.generator import generate_events
 
 pytestmark = pytest.mark.e2e
@@ -60,13 +61,9 @@ def v1_root(tmp_path: Path) -> Iterator[Path]:
     known = subprocess.run(["git", "cat-file", "-e", f"{FROM_REV}^{{commit}}"], cwd=ROOT, check=False)
     if known.returncode != 0:
         pytest.fail(f"commit {FROM_REV} is not in this clone: the upgrade test needs the git history")
-    tree = tmp_path / "v1-code"
-    subprocess.run(["git", "worktree", "add", "--detach", str(tree), FROM_REV], cwd=ROOT, check=True)
-    (tree / ".cache").symlink_to(ROOT / ".cache")
-    try:
-        yield tree
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+    with worktrees([FROM_REV], tmp_path) as roots:
+        (root,) = roots.values()
+        yield Path(root)
 
 
 def test_upgrade_through_a_savepoint_keeps_state_and_exactly_once(

@@ -94,13 +94,20 @@ def test_fan_in_timer_touches_only_the_events_due_and_returns_only_new_timers():
     assert sorted(o.event_id for o in late_outcomes) == ["t2", "t3"]
 
 
+def _routed_and_delivered(prefix: str) -> tuple[stages.Routed, list]:
+    """Three events routed in one window, and the results of delivering each channel batch."""
+    raws = [
+        event_bytes(event_id=f"{prefix}{i}", region="eu-west", recipient=make_recipient()) for i in range(3)
+    ]
+    routed = stages.route_batch(list(map(_rec, raws)), WINDOW, RULES, CFG)
+    return routed, [stages.deliver_to_topic(b, WINDOW.key, now_ms=5100).results for b in routed.batches]
+
+
 def test_fan_in_journal_replay_rebuilds_the_states_and_compacts_when_settled():
     """What the fan-in operator journals rebuilds its in-memory states after a restore."""
     import pickle
 
-    raws = [event_bytes(event_id=f"j{i}", region="eu-west", recipient=make_recipient()) for i in range(3)]
-    routed = stages.route_batch(list(map(_rec, raws)), WINDOW, RULES, CFG)
-    results = [stages.deliver_to_topic(b, WINDOW.key, now_ms=5100).results for b in routed.batches]
+    routed, results = _routed_and_delivered("j")
     entries = [("plans", 5000, 60_000, routed.plans)] + [
         ("results", 5100 + i, r) for i, r in enumerate(results)
     ]
@@ -130,9 +137,7 @@ def test_fan_in_journal_of_packed_entries_replays_like_objects_and_old_entries_s
     """Plans and results travel and are journaled packed; journals of objects still replay."""
     import pickle
 
-    raws = [event_bytes(event_id=f"p{i}", region="eu-west", recipient=make_recipient()) for i in range(3)]
-    routed = stages.route_batch(list(map(_rec, raws)), WINDOW, RULES, CFG)
-    results = [stages.deliver_to_topic(b, WINDOW.key, now_ms=5100).results for b in routed.batches]
+    routed, results = _routed_and_delivered("p")
     objects = [("plans", 5000, 60_000, routed.plans)] + [
         ("results", 5100 + i, r) for i, r in enumerate(results)
     ]
