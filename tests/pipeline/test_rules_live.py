@@ -92,6 +92,10 @@ def test_live_rule_change_and_late_events(kafka, topics):
             rejected += [json.loads(r.value) for recs in dlq.poll(timeout_ms=1000).values() for r in recs]
         assert any(d["reason"] == "invalid_rules" and d["stage"] == "rules" for d in rejected)
 
+        # The DLQ wait above produced no events, so both partitions may have gone idle: let a
+        # fresh probe through first, so the watermark the late event meets is a current one.
+        mark = len(seen)
+        pump_until(lambda: len(seen) > mark + 1, "a probe after the pause")
         produce(kafka.bootstrap, cfg.topics.events, [_event("late", age_ms=60_000)])
         pump_until(lambda: any(k.startswith("late") for k in seen), "the late event's outcome")
         late = next(o for k, o in seen.items() if k.startswith("late"))
