@@ -102,6 +102,11 @@ class JobConfig:
     # The JVM front's SQL: "current", or "legacy" (the first version, kept so that
     # `scripts/bench front` can measure before/after in one run).
     front: Literal["current", "legacy"] = "current"
+    # Operator ids of the SQL front (source, dedup, window): "stable" ids come from the SQL
+    # plan (table.exec.uid.generation ALWAYS), so adding or removing a channel keeps them;
+    # "positional" is Flink's default, a hash of each node's place in the whole graph, which
+    # versions before stable ids used (their savepoints: scripts/submit migrate-savepoint).
+    sql_uids: Literal["stable", "positional"] = "stable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +206,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("job", "state_backend"): ("hashmap", "rocksdb"),
     ("job", "unaligned_checkpoints"): ("auto", "always", "never"),
     ("job", "front"): ("current", "legacy"),
+    ("job", "sql_uids"): ("stable", "positional"),
     ("tracing", "exporter"): ("none", "file", "otlp"),
     ("tracing", "log_level"): ("DEBUG", "INFO", "WARNING", "ERROR"),
 }

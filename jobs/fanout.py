@@ -33,6 +33,7 @@ import argparse
 import base64
 import calendar
 import functools
+import json
 import logging
 import sys
 import time
@@ -1105,6 +1106,9 @@ def build(
     settings = settings_for(cfg)
     t_env.get_config().set("table.exec.state.ttl", f"{cfg.events.dedup_ttl_ms} ms")
     t_env.get_config().set("table.exec.source.idle-timeout", f"{cfg.events.idle_timeout_ms} ms")
+    # uids from the SQL plan ("<exec node id>_<operator>"), not from the graph's shape
+    uid_generation = "ALWAYS" if cfg.job.sql_uids == "stable" else "PLAN_ONLY"
+    t_env.get_config().set("table.exec.uid.generation", uid_generation)
     front_sql(t_env, cfg)
     if cfg.job.mode == "linear":
         rows = t_env.to_data_stream(
@@ -1181,6 +1185,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=None, help="pipeline YAML (default conf/pipeline.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--events", type=int, default=200, help="embedded mode: generated events")
+    parser.add_argument(
+        "--operator-ids",
+        action="store_true",
+        help="print the job graph's operators (name, uid, operator id) as JSON instead of running",
+    )
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
     tracing = tracing_settings(cfg)
@@ -1203,7 +1212,33 @@ def main(argv: list[str] | None = None) -> None:
 
         embedded_events_table(env, t_env, list(generate_events(args.events, seed=7)), cfg)
         build(env, t_env, PrintSinks(), cfg)
+    if args.operator_ids:
+        print(json.dumps(operator_ids(env)))
+        return
     env.execute(cfg.job.name)
+
+
+def operator_ids(env: StreamExecutionEnvironment) -> list[dict[str, str | None]]:
+    """Return every node of the job's stream graph: name, uid (None if unset), operator id.
+
+    The ids are the ones a savepoint of this job stores state under (Flink's own hasher over
+    the graph ``env.execute`` would submit); ``scripts/submit migrate-savepoint`` maps an
+    older savepoint's operators onto them.
+    """
+    graph = env._generate_stream_graph(clear_transformations=False)
+    hasher = get_gateway().jvm.org.apache.flink.streaming.api.graph.StreamGraphHasherV2()
+    hashes = hasher.traverseStreamGraphAndGenerateHashes(graph)
+    nodes = []
+    for node_id in sorted(hashes.keySet()):
+        node = graph.getStreamNode(node_id)
+        nodes.append(
+            {
+                "name": node.getOperatorName(),
+                "uid": node.getTransformationUID(),
+                "id": bytes(hashes.get(node_id)).hex(),
+            }
+        )
+    return nodes
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@
 Usage::
 
     scripts/submit run [--job fanout] [-p 2] [--name NAME] [--config F] [--set k=v ...]
+                       [--savepoint DIR]
     scripts/submit list
     scripts/submit status JOB_ID
     scripts/submit cancel JOB_ID
     scripts/submit upgrade JOB_ID [-p N] [--set k=v ...] [--allow-non-restored-state]
+                   [--migrate-sql-uids]
+    scripts/submit migrate-savepoint SAVEPOINT [--job fanout] [--config F] [--set k=v ...]
 
 ``run`` submits detached (``flink run -d -py jobs/<job>.py -pyfs jobs,udfs``) and prints the
 job id and its Flink UI link. The other commands use the REST API.
@@ -27,6 +30,7 @@ from ops.cluster import LocalFlinkCluster, saved_rest_port
 from ops.cluster import default_home as cluster_home
 from ops.paths import ROOT
 from ops.proc import StackError
+from ops.savepoints import describe, migrate
 
 JOB_ID = re.compile(r"JobID ([0-9a-f]{32})")
 
@@ -67,11 +71,7 @@ def submit(
     job_args: list[str] = []
     if config:
         job_args += ["--config", config]
-    if parallelism:
-        job_args += ["--set", f"job.parallelism={parallelism}"]
-    if name:
-        job_args += ["--set", f"job.name={name}"]
-    for item in sets:
+    for item in _job_sets(parallelism, name, sets):
         job_args += ["--set", item]
     result = cluster.run(*args, *job_args)
     match = JOB_ID.search(result.stdout)
@@ -82,6 +82,13 @@ def submit(
         raise StackError(f"submission failed:\n{detail}")
     job_id = match.group(1)
     return Submitted(job_id, f"{cluster.rest_url}/#/job/running/{job_id}/overview")
+
+
+def _job_sets(parallelism: int | None, name: str | None, sets: tuple[str, ...]) -> tuple[str, ...]:
+    """Return the job's ``--set`` overrides: parallelism and name first, then ``sets``."""
+    first = [f"job.parallelism={parallelism}"] if parallelism else []
+    first += [f"job.name={name}"] if name else []
+    return (*first, *sets)
 
 
 def jobs(cluster: LocalFlinkCluster) -> list[dict[str, Any]]:
@@ -157,13 +164,21 @@ def upgrade(
     sets: tuple[str, ...] = (),
     allow_non_restored: bool = False,
     restart_taskmanager: bool = False,
+    migrate_sql_uids: bool = False,
 ) -> tuple[str, Submitted]:
     """Stop ``job_id`` with a savepoint, start the new version from it, verify it restored.
 
     ``restart_taskmanager``: restart the TaskManager between the two, so a new version of
     the Python code is loaded (thread-mode interpreters live as long as the TaskManager).
+    ``migrate_sql_uids``: the running job is a version before stable SQL uids; move its SQL
+    operators' state to the new version's ids (:mod:`ops.savepoints`) and start from that.
+    Returns the savepoint the new version started from.
     """
     savepoint = stop_with_savepoint(cluster, job_id)
+    if migrate_sql_uids:
+        savepoint, plan = migrate(savepoint, job, config, _job_sets(parallelism, name, sets))
+        for line in describe(plan):
+            print(f"migrate: {line}")
     if restart_taskmanager:
         cluster.restart_taskmanager()
     new = submit(cluster, job, parallelism, name, config, sets, savepoint, allow_non_restored)
@@ -214,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--name", default=None, help="job name shown in the UI")
     run.add_argument("--config", default=None, help="pipeline YAML (default conf/pipeline.yaml)")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    run.add_argument("--savepoint", default=None, help="start from this savepoint (flink run -s)")
     sub.add_parser("list", help="list jobs")
     st = sub.add_parser("status", help="state, vertices and checkpoints of a job")
     st.add_argument("job_id")
@@ -236,11 +252,35 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only when a state-holding operator was deliberately removed",
     )
+    up.add_argument(
+        "--migrate-sql-uids",
+        action="store_true",
+        help="the running job predates stable SQL uids: move its SQL state to the new ids",
+    )
+    mi = sub.add_parser(
+        "migrate-savepoint", help="copy a savepoint of a version before stable SQL uids onto the new ids"
+    )
+    mi.add_argument("savepoint", help="savepoint directory or file: pointer")
+    mi.add_argument("--job", default="fanout")
+    mi.add_argument("--config", default=None)
+    mi.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    mi.add_argument(
+        "--target", default=None, help="new savepoint directory (default <savepoint>-stable-uids)"
+    )
     args = parser.parse_args(argv)
     try:
+        if args.cmd == "migrate-savepoint":
+            target = Path(args.target) if args.target else None
+            migrated, plan = migrate(args.savepoint, args.job, args.config, tuple(args.set), target)
+            for line in describe(plan):
+                print(line)
+            print(f"savepoint for the new version: {migrated}")
+            return 0
         cluster = _cluster()
         if args.cmd == "run":
-            done = submit(cluster, args.job, args.parallelism, args.name, args.config, tuple(args.set))
+            done = submit(
+                cluster, args.job, args.parallelism, args.name, args.config, tuple(args.set), args.savepoint
+            )
             print(f"submitted {done.job_id}")
             print(f"Flink UI: {done.ui_url}")
         elif args.cmd == "list":
@@ -262,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 tuple(args.set),
                 args.allow_non_restored_state,
                 args.restart_taskmanager,
+                args.migrate_sql_uids,
             )
             print(f"savepoint {savepoint}")
             print(f"upgraded: {args.job_id} -> {new.job_id} (RUNNING, restored from the savepoint)")

@@ -1,5 +1,6 @@
-"""Savepoint upgrade v1 -> v2 on the standalone cluster: new rules, new branch parallelism,
-and a switch of state backend (heap -> RocksDB, through a canonical savepoint).
+"""Savepoint upgrade v1 -> v2 on the standalone cluster: new rules with a new channel, new
+branch parallelism, and a switch of state backend (heap -> RocksDB, through a canonical
+savepoint).
 
 State survives (a duplicate sent before the upgrade is still dropped after it; events
 whose windows were open at the savepoint get exactly one outcome) and every
@@ -8,7 +9,10 @@ whose windows were open at the savepoint get exactly one outcome) and every
 v1 runs the code of an older commit (``UPGRADE_FROM``, a git worktree) and the TaskManager
 is restarted before v2, so the test checks an upgrade from an older version of the job
 graph and its state, not only a configuration change: operators without a uid (the SQL
-front) get ids from the shape of the whole graph, and a change elsewhere can move them.
+front, before ``job.sql_uids: stable``) got ids from the shape of the whole graph, and a
+change elsewhere (such as v2's new channel) moved them. ``UPGRADE_FROM`` predates stable SQL
+uids, so the upgrade migrates the savepoint (``--migrate-sql-uids``) and the test checks that
+the migrated state is the state v1 left: dedup, open windows and source offsets.
 ``NOTIFY_UPGRADE_FROM=<revision>`` picks another commit; ``NOTIFY_UPGRADE_FROM=HEAD`` runs
 both versions from this checkout.
 """
@@ -34,6 +38,7 @@ from udfs.generator import generate_events
 
 pytestmark = pytest.mark.e2e
 CHANNELS = ("email", "sms", "push")
+NEW_CHANNEL = "webhook"  # added by v2: its branch is new, the rest of the graph's state restores
 
 
 def _batch(seed: int, n: int, start_ms: int) -> list[bytes]:
@@ -71,10 +76,11 @@ def test_upgrade_through_a_savepoint_keeps_state_and_exactly_once(
 ):
     names = {k: topic(k) for k in ("events", "rules", "outcomes", "dlq", "metrics")}
     prefix = topic("ch")
-    kafka.create_topics([f"{prefix}.{ch}" for ch in CHANNELS])
+    kafka.create_topics([f"{prefix}.{ch}" for ch in (*CHANNELS, NEW_CHANNEL)])
     rules_v2 = yaml.safe_load(Path("conf/routing.yaml").read_text())
     rules_v2["version"] = "upgrade-v2"
-    rules_v2["rules"]["order_shipped"] = [{"channel": "email"}, {"channel": "sms"}]
+    rules_v2["channels"].append(NEW_CHANNEL)
+    rules_v2["rules"]["order_shipped"] = [{"channel": "email"}, {"channel": "sms"}, {"channel": NEW_CHANNEL}]
     (tmp_path / "routing-v2.yaml").write_text(yaml.safe_dump(rules_v2))
     common = (
         f"kafka.bootstrap={kafka.bootstrap}",
@@ -116,9 +122,12 @@ def test_upgrade_through_a_savepoint_keeps_state_and_exactly_once(
                 "job.state_backend=rocksdb",
             ),
             restart_taskmanager=CROSS_VERSION,  # thread mode keeps the code it loaded first
+            migrate_sql_uids=True,  # a no-op when v1 has stable SQL uids already
         )
         v2_id = v2.job_id
         assert Path(savepoint.removeprefix("file:")).exists()
+        # v1 from before stable SQL uids: v2 started from a migrated copy of its savepoint
+        assert savepoint.endswith("-stable-uids") == CROSS_VERSION, savepoint
         assert ops_submit.restored_from(flink_cluster, v2_id)
         assert "RocksDB" in flink_cluster.rest(f"/jobs/{v2_id}/checkpoints/config")["state_backend"]
         sms = next(
@@ -144,10 +153,11 @@ def test_upgrade_through_a_savepoint_keeps_state_and_exactly_once(
         v2_versions = {o["rules_version"] for o in outcomes if o["event_id"] in _ids(second)}
         assert v2_versions == {"upgrade-v2"}
         pairs = []
-        for ch in CHANNELS:
+        for ch in (*CHANNELS, NEW_CHANNEL):
             for batch in (json.loads(v) for v in consume_all(kafka.bootstrap, f"{prefix}.{ch}")):
                 pairs.extend((eid, ch) for m in batch["messages"] for eid in m["event_ids"])
         assert len(pairs) == len(set(pairs)), "an (event, channel) was delivered twice across the upgrade"
+        assert any(ch == NEW_CHANNEL for _, ch in pairs), "v2's new channel delivered nothing"
         planned = {
             (o["event_id"], ch)
             for o in outcomes
