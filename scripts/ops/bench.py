@@ -1033,6 +1033,7 @@ def load(args: argparse.Namespace) -> int:
                                 "achieved_offered_rate",
                                 "events_per_s",
                                 "latency_ms",
+                                "late_outcomes",
                                 "failure",
                             )
                         }
