@@ -746,7 +746,7 @@ def ab(args: argparse.Namespace) -> int:
                     r = run_job(stack, spec)
                     r["variant"] = name
                     results.append(r)
-                    brief = ("name", "events_per_s", "tm_cpu_cores", "failure")
+                    brief = ("name", "events_per_s", "tm_cpu_cores", "cpu_cores", "failure")
                     print(json.dumps({k: r.get(k) for k in brief}), flush=True)
 
     def median(name: str) -> float | None:
@@ -763,6 +763,9 @@ def ab(args: argparse.Namespace) -> int:
                 "events_per_s_median": median(name),
                 "events_per_s_all": [r.get("events_per_s") for r in results if r["variant"] == name],
                 "tm_cpu_cores_all": [r.get("tm_cpu_cores") for r in results if r["variant"] == name],
+                "machine_cpu_cores_all": [
+                    (r.get("cpu_cores") or {}).get("machine") for r in results if r["variant"] == name
+                ],
                 "ratio_to_first": _ratio(median(name), first),
             }
             for name in names

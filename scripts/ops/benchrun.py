@@ -86,6 +86,11 @@ class SimProcess:
             time.sleep(0.1)
         raise RuntimeError("provider-sim did not answer within 30 s")
 
+    @property
+    def pid(self) -> int:
+        """The simulator's pid, 0 when not running."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else 0
+
     def stop(self) -> None:
         """Stop the process this object started."""
         if self.proc is not None and self.proc.poll() is None:
@@ -201,6 +206,67 @@ def _cpu_ticks(pid: int) -> int:
         return int(fields[11]) + int(fields[12])
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def parse_proc_stat_cpu(text: str) -> dict[str, int]:
+    """Machine-wide CPU ticks from ``/proc/stat``'s first line: busy, idle and steal.
+
+    busy = user + nice + system + irq + softirq + steal (guest time is already inside user);
+    idle = idle + iowait. Steal is time a hypervisor gave another tenant: a shared machine.
+    """
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            f = [int(x) for x in line.split()[1:]]
+            f += [0] * (8 - len(f))
+            user, nice, system, idle, iowait, irq, softirq, steal = f[:8]
+            return {
+                "busy": user + nice + system + irq + softirq + steal,
+                "idle": idle + iowait,
+                "steal": steal,
+            }
+    raise ValueError("no aggregate 'cpu' line in /proc/stat")
+
+
+def _machine_ticks() -> dict[str, int]:
+    try:
+        return parse_proc_stat_cpu(Path("/proc/stat").read_text())
+    except (OSError, ValueError):
+        return {"busy": 0, "idle": 0, "steal": 0}
+
+
+def cpu_split(
+    roles_before: dict[str, dict[int, int]],
+    roles_after: dict[str, dict[int, int]],
+    machine_before: dict[str, int],
+    machine_after: dict[str, int],
+    wall_s: float,
+    tick_hz: int,
+) -> dict[str, Any]:
+    """Cores used over ``wall_s``: per role (each a process tree), the machine, and the rest.
+
+    ``other`` is the machine's busy time not in any role: the kernel's own work, processes
+    this run did not start, other tenants. Whether the machine, not the job, is the limit
+    shows as ``machine`` close to the number of cores.
+    """
+    if wall_s <= 0:
+        return {}
+
+    def cores(ticks: float) -> float:
+        return round(ticks / tick_hz / wall_s, 2)
+
+    by_role = {
+        role: cores(sum(t - roles_before.get(role, {}).get(p, 0) for p, t in after.items()))
+        for role, after in roles_after.items()
+    }
+    busy = machine_after["busy"] - machine_before["busy"]
+    roles_ticks = sum(by_role.values()) * tick_hz * wall_s
+    return {
+        "by_role": by_role,
+        "machine": cores(busy),
+        "steal": cores(machine_after["steal"] - machine_before["steal"]),
+        "other": cores(max(0.0, busy - roles_ticks)),
+        "cores": os.cpu_count(),
+    }
 
 
 def _children(pid: int) -> list[int]:
@@ -432,6 +498,16 @@ def _run_job(
     measure_from_ms = int(time.time() * 1000) if spec.warmup_s or spec.rate else 0
     t_measure = time.monotonic()
     during_result = during({"pids": pids, "cluster": cluster, "job_id": sub.job_id}) if during else None
+    cpu_roles = {**{k: v for k, v in pids.items() if v}, "simulator": sim.pid}
+
+    def roles_ticks() -> dict[str, dict[int, int]]:
+        ticks = {role: _tree_cpu_ticks(pid) for role, pid in cpu_roles.items() if pid}
+        # this process alone (the paced producer, the output readers): its children are the stack
+        ticks["harness"] = {os.getpid(): _cpu_ticks(os.getpid())}
+        return ticks
+
+    roles_cpu0 = roles_ticks()
+    machine0 = _machine_ticks()
     tm_cpu0 = _tree_cpu_ticks(pids["taskmanager"])
     t_cpu0 = time.monotonic()
     growth: list[dict[str, Any]] = []
@@ -459,7 +535,10 @@ def _run_job(
     by_vertex = _checkpoint_by_vertex(cluster, sub.job_id, checkpoints)
     vertices = ops_submit.status(cluster, sub.job_id).get("vertices", [])
     tm_cpu_s = _cpu_ticks_since(tm_cpu0, pids["taskmanager"]) / os.sysconf("SC_CLK_TCK")
+    roles_cpu1 = roles_ticks()
+    machine1 = _machine_ticks()
     wall_s = time.monotonic() - t_cpu0
+    cpu = cpu_split(roles_cpu0, roles_cpu1, machine0, machine1, wall_s, os.sysconf("SC_CLK_TCK"))
     state = cluster.rest(f"/jobs/{sub.job_id}").get("state")
     failure = None
     if state != "RUNNING":  # record why instead of measuring a dead job silently
@@ -485,6 +564,8 @@ def _run_job(
         "events_per_s": _rate([t for t in ts if t >= measure_from_ms], spec.seconds),
         "warmup_s": spec.warmup_s,
         "tm_cpu_cores": round(tm_cpu_s / wall_s, 2) if wall_s else None,
+        # where the machine's cores went over the same interval (is the machine the limit?)
+        "cpu_cores": cpu,
         "peak_rss_mb": round(sampler.peak_kb / 1024),
         "peak_rss_mb_by_role": {k: round(v / 1024) for k, v in sampler.peak_by_role.items()},
         "rss_series": sampler.series,

@@ -10,8 +10,10 @@ from __future__ import annotations
 import subprocess
 import time
 
+import pytest
+
 from ops import micro
-from ops.benchrun import _cpu_ticks_since, _descendants, _tree_cpu_ticks
+from ops.benchrun import _cpu_ticks_since, _descendants, _tree_cpu_ticks, cpu_split, parse_proc_stat_cpu
 
 
 def test_micro_runs_every_stage_over_every_event():
@@ -38,3 +40,22 @@ def test_process_tree_includes_grandchildren_and_their_cpu(tmp_path):
         assert _cpu_ticks_since(before, tree.pid) > 0  # the busy grandchild's CPU is counted
     finally:
         tree.wait(timeout=10)
+
+
+def test_proc_stat_parse_counts_steal_as_busy_and_iowait_as_idle():
+    text = "cpu  100 5 20 1000 7 1 2 30 0 0\ncpu0 50 0 10 500 3 0 1 15 0 0\nintr 1 2 3\n"
+    assert parse_proc_stat_cpu(text) == {"busy": 158, "idle": 1007, "steal": 30}
+    with pytest.raises(ValueError):
+        parse_proc_stat_cpu("intr 1 2 3\n")
+
+
+def test_cpu_split_per_role_machine_and_the_rest():
+    # 10 s at 100 ticks/s: the TaskManager tree used 12 s of CPU (a worker started meanwhile
+    # counts from 0), Kafka 3 s, the machine 19 s: 1.9 cores, 0.4 of them outside the roles
+    before = {"taskmanager": {1: 1000, 2: 500}, "kafka": {3: 0}}
+    after = {"taskmanager": {1: 1800, 2: 700, 4: 200}, "kafka": {3: 300}}
+    split = cpu_split(before, after, {"busy": 0, "steal": 0}, {"busy": 1900, "steal": 50}, 10.0, 100)
+    assert split["by_role"] == {"taskmanager": 1.2, "kafka": 0.3}
+    assert split["machine"] == 1.9 and split["steal"] == 0.05
+    assert split["other"] == 0.4
+    assert cpu_split(before, after, {"busy": 0, "steal": 0}, {"busy": 0, "steal": 0}, 0.0, 100) == {}
