@@ -704,7 +704,26 @@ def _checkpoint(c: dict[str, Any]) -> dict[str, Any]:
         "last_size_bytes": latest.get("checkpointed_size", latest.get("state_size")),
         "duration_ms_p50": dur.get("p50"),
         "duration_ms_max": dur.get("max"),
+        "in_progress_share": checkpoint_share(c.get("history") or []),
     }
+
+
+def checkpoint_share(history: list[dict[str, Any]]) -> float | None:
+    """Share of the time a checkpoint was in progress, over the checkpoints REST still lists.
+
+    With aligned checkpoints an operator holds back each input whose barrier came first until
+    the barriers of all its inputs arrived; a share near 1 means the job is almost always
+    aligning. ``history`` is REST's ``/checkpoints`` history (the last ten by default).
+    """
+    done = sorted(
+        (h["trigger_timestamp"], h["end_to_end_duration"])
+        for h in history
+        if h.get("status") == "COMPLETED" and h.get("end_to_end_duration") is not None
+    )
+    if len(done) < 2:
+        return None
+    span = done[-1][0] + done[-1][1] - done[0][0]
+    return round(sum(d for _, d in done) / span, 2) if span > 0 else None
 
 
 def _paced(

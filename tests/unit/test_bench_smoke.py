@@ -13,7 +13,14 @@ import time
 import pytest
 
 from ops import micro
-from ops.benchrun import _cpu_ticks_since, _descendants, _tree_cpu_ticks, cpu_split, parse_proc_stat_cpu
+from ops.benchrun import (
+    _cpu_ticks_since,
+    _descendants,
+    _tree_cpu_ticks,
+    checkpoint_share,
+    cpu_split,
+    parse_proc_stat_cpu,
+)
 
 
 def test_micro_runs_every_stage_over_every_event():
@@ -59,3 +66,15 @@ def test_cpu_split_per_role_machine_and_the_rest():
     assert split["machine"] == 1.9 and split["steal"] == 0.05
     assert split["other"] == 0.4
     assert cpu_split(before, after, {"busy": 0, "steal": 0}, {"busy": 0, "steal": 0}, 0.0, 100) == {}
+
+
+def test_checkpoint_share_is_time_in_progress_over_the_span():
+    history = [
+        {"status": "COMPLETED", "trigger_timestamp": 10_000, "end_to_end_duration": 3_000},
+        {"status": "IN_PROGRESS", "trigger_timestamp": 16_000, "end_to_end_duration": 100},
+        {"status": "COMPLETED", "trigger_timestamp": 13_500, "end_to_end_duration": 4_500},
+        {"status": "FAILED", "trigger_timestamp": 19_000, "end_to_end_duration": 900},
+    ]
+    # 3 s + 4.5 s in progress over 10.0 .. 18.0 s
+    assert checkpoint_share(history) == 0.94
+    assert checkpoint_share(history[:1]) is None
