@@ -429,10 +429,10 @@ def _run_job(
         f"topics.channel_prefix={tag}.",
         f"job.mode={'linear' if spec.job == 'linear' else 'fanout'}",
         f"job.name=bench-{spec.name}",
-        *spec.extra_sets,
     ]
     if spec.provider and spec.job != "passthrough":
         sets += [f"delivery.provider_url={sim.url}", f"delivery.policies_file={policy}"]
+    sets += spec.extra_sets  # last: a variant's settings win over the run's defaults
     occurred: dict[str, int] = {}
     if spec.rate == 0:
         start_ms = int(time.time() * 1000) - 3_600_000
