@@ -133,7 +133,17 @@ def assert_exactly_once(out: dict[str, list[dict]], planned: dict, invalid: int,
     )
     # windowed metrics: every delivered (event, channel) is counted once, one record per
     # (region, channel, window) plus separate "late" records for batches after the window closed
-    assert sum(m["counts"].get("delivered", 0) for m in out["metrics"]) == len(pairs)
+    by_channel = {ch: 0 for ch in CHANNELS}
+    for m in out["metrics"]:
+        by_channel[m["channel"]] += m["counts"].get("delivered", 0)
+    expected_by_channel = {ch: sum(1 for _, c in pairs if c == ch) for ch in CHANNELS}
+    assert by_channel == expected_by_channel, (
+        "metrics' delivered counts per channel differ from the channel records",
+        by_channel,
+        expected_by_channel,
+        len(out["metrics"]),
+        sum(1 for m in out["metrics"] if m["late"]),
+    )
     windows = [(m["region"], m["channel"], m["window_start_ms"]) for m in out["metrics"] if not m["late"]]
     assert len(windows) == len(set(windows)), "a window's metrics were emitted twice"
     assert all(m["window_end_ms"] - m["window_start_ms"] == 1000 for m in out["metrics"])
