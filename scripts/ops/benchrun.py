@@ -254,19 +254,20 @@ def cpu_split(
     def cores(ticks: float) -> float:
         return round(ticks / tick_hz / wall_s, 2)
 
-    by_role = {
-        role: cores(sum(t - roles_before.get(role, {}).get(p, 0) for p, t in after.items()))
-        for role, after in roles_after.items()
-    }
+    ticks = {role: _ticks_between(roles_before.get(role, {}), after) for role, after in roles_after.items()}
     busy = machine_after["busy"] - machine_before["busy"]
-    roles_ticks = sum(by_role.values()) * tick_hz * wall_s
     return {
-        "by_role": by_role,
+        "by_role": {role: cores(t) for role, t in ticks.items()},
         "machine": cores(busy),
         "steal": cores(machine_after["steal"] - machine_before["steal"]),
-        "other": cores(max(0.0, busy - roles_ticks)),
+        "other": cores(max(0, busy - sum(ticks.values()))),
         "cores": os.cpu_count(),
     }
+
+
+def _ticks_between(before: dict[int, int], after: dict[int, int]) -> int:
+    """Ticks a process tree used between two samples (processes started since count from 0)."""
+    return sum(t - before.get(p, 0) for p, t in after.items())
 
 
 def _children(pid: int) -> list[int]:
@@ -300,7 +301,7 @@ def _tree_cpu_ticks(pid: int) -> dict[int, int]:
 
 def _cpu_ticks_since(before: dict[int, int], pid: int) -> int:
     """Ticks the tree under ``pid`` used since ``before`` (processes started since count from 0)."""
-    return sum(t - before.get(p, 0) for p, t in _tree_cpu_ticks(pid).items())
+    return _ticks_between(before, _tree_cpu_ticks(pid))
 
 
 class Sampler(threading.Thread):
@@ -474,7 +475,6 @@ def _run_job(
     }
     sampler = Sampler({k: v for k, v in pids.items() if v})
     sampler.start()
-    tm_cpu0: dict[int, int] = {}
     out_topic = topics["roundtrip"] if spec.job in ("passthrough", "dedup") else topics["outcomes"]
     producer_thread = None
     achieved: dict[str, float] = {}
@@ -508,7 +508,6 @@ def _run_job(
 
     roles_cpu0 = roles_ticks()
     machine0 = _machine_ticks()
-    tm_cpu0 = _tree_cpu_ticks(pids["taskmanager"])
     t_cpu0 = time.monotonic()
     growth: list[dict[str, Any]] = []
     while time.monotonic() - t_measure < spec.seconds:
@@ -534,7 +533,6 @@ def _run_job(
     checkpoints = cluster.rest(f"/jobs/{sub.job_id}/checkpoints")
     by_vertex = _checkpoint_by_vertex(cluster, sub.job_id, checkpoints)
     vertices = ops_submit.status(cluster, sub.job_id).get("vertices", [])
-    tm_cpu_s = _cpu_ticks_since(tm_cpu0, pids["taskmanager"]) / os.sysconf("SC_CLK_TCK")
     roles_cpu1 = roles_ticks()
     machine1 = _machine_ticks()
     wall_s = time.monotonic() - t_cpu0
@@ -563,7 +561,7 @@ def _run_job(
         "outputs": len(ts),
         "events_per_s": _rate([t for t in ts if t >= measure_from_ms], spec.seconds),
         "warmup_s": spec.warmup_s,
-        "tm_cpu_cores": round(tm_cpu_s / wall_s, 2) if wall_s else None,
+        "tm_cpu_cores": cpu.get("by_role", {}).get("taskmanager"),
         # where the machine's cores went over the same interval (is the machine the limit?)
         "cpu_cores": cpu,
         "peak_rss_mb": round(sampler.peak_kb / 1024),
